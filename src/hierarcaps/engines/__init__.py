@@ -1,0 +1,1 @@
+"""Model back-ends behind small interfaces: generation (LLM / seq2seq), NLI, embeddings."""

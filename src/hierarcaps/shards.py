@@ -1,0 +1,210 @@
+"""Atomic parquet shards, per-shard completion markers, shard claims and the stage manifest.
+
+Order of a shard's life (so a killed run resumes and two workers never write one shard):
+1. `claim()` creates `part-NNNNN.lock` with O_EXCL; a worker that fails to create it leaves the shard alone.
+   A lock whose owning process is dead (same host) is stale and may be taken over.
+2. The outputs are written to `.tmp-*` names and renamed into place (rename is atomic on one filesystem).
+3. `part-NNNNN.done.json` (rows, sha256, stats, fingerprint) is written last, atomically: a shard without it is
+   not complete, whatever files exist.
+4. When every planned shard is done, the stage `manifest.json` merges the markers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+
+
+class ShardError(RuntimeError):
+    """A shard file is missing, truncated or does not match its recorded checksum."""
+
+
+def shard_name(index: int, kind: str = "part") -> str:
+    return f"{kind}-{index:05d}.parquet"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+
+
+def write_table(table: pa.Table, path: Path, schema: pa.Schema | None = None) -> dict:
+    """Write `table` to `path` via a temp file + rename; return {"name", "rows", "sha256"}."""
+    if schema is not None:
+        table = table.select(schema.names).cast(schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"name": path.name, "rows": table.num_rows, "sha256": digest}
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a parquet file, turning pyarrow's low-level errors into one that names the file."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise ShardError(f"{path}: file not found") from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ShardError(f"{path}: not a readable parquet file (truncated or corrupt?): {err}") from None
+
+
+def verify(path: Path, sha256: str, rows: int | None = None) -> None:
+    if not path.exists():
+        raise ShardError(f"{path}: missing (manifest lists it)")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ShardError(f"{path}: sha256 {actual[:12]}… does not match the manifest's {sha256[:12]}…")
+    if rows is not None and pq.ParquetFile(path).metadata.num_rows != rows:
+        raise ShardError(f"{path}: row count differs from the manifest's {rows}")
+
+
+# ---------------------------------------------------------------- completion markers
+
+
+def done_path(stage_dir: Path, index: int) -> Path:
+    return stage_dir / f"part-{index:05d}.done.json"
+
+
+def read_done(stage_dir: Path, index: int) -> dict | None:
+    path = done_path(stage_dir, index)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a torn marker means the shard is not done
+
+
+def shard_is_done(stage_dir: Path, index: int, fingerprint: str) -> bool:
+    """Done = marker with this fingerprint, and every file it lists still matches its checksum."""
+    marker = read_done(stage_dir, index)
+    if not marker or marker.get("fingerprint") != fingerprint:
+        return False
+    for entry in marker.get("files", []):
+        path = stage_dir / entry["name"]
+        if not path.exists() or path.stat().st_size == 0:
+            return False
+    return True
+
+
+def mark_done(stage_dir: Path, index: int, marker: dict) -> None:
+    atomic_write_json(done_path(stage_dir, index), marker)
+
+
+# ---------------------------------------------------------------- claims (one writer per shard)
+
+
+def _lock_path(stage_dir: Path, index: int) -> Path:
+    return stage_dir / f"part-{index:05d}.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(stage_dir: Path, index: int) -> bool:
+    """Try to become the only writer of shard `index`; False if another live worker holds it."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    path = _lock_path(stage_dir, index)
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                return False  # being written right now by its owner
+            stale = held.get("host") == owner["host"] and not _pid_alive(int(held.get("pid", -1)))
+            if stale and held.get("pid") != owner["pid"]:
+                path.unlink(missing_ok=True)
+                continue
+            return held.get("pid") == owner["pid"] and held.get("host") == owner["host"]
+        with os.fdopen(fd, "w") as fh:
+            json.dump(owner, fh)
+        return True
+    return False
+
+
+def release(stage_dir: Path, index: int) -> None:
+    _lock_path(stage_dir, index).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    path = stage_dir / MANIFEST
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_manifest(stage_dir: Path, manifest: dict) -> None:
+    atomic_write_json(stage_dir / MANIFEST, manifest)
+
+
+def output_shards(stage_dir: Path, kind: str = "part") -> list[Path]:
+    """The stage's shards of one kind, in index order, as listed by its manifest."""
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        raise ShardError(f"{stage_dir}: no {MANIFEST}; run that stage first")
+    return [stage_dir / s["name"] for s in manifest["shards"] if s["kind"] == kind]
+
+
+def iter_batches(paths: list[Path], batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    for path in paths:
+        try:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise ShardError(f"{path}: not a readable parquet file (truncated or corrupt?): {err}") from None

@@ -1,0 +1,251 @@
+"""The one shape every build stage has: plan shard tasks, process one shard, finalize a manifest.
+
+    stage = SeedStage(profile, run_dir)
+    stage.run()                       # plan -> run_shard(task) for each -> finalize
+    for task in stage.plan():         # what a Prefect flow does instead, one task per shard
+        stage.run_shard(task)
+    stage.finalize()
+
+`run_shard` is safe to call from several processes at once: a shard is claimed with an O_EXCL lock, written to
+temp names and renamed, and marked done last. A shard already done with the same fingerprint is skipped, so a
+killed run resumes and a rerun of a finished stage is a no-op; a changed config or prompt changes the fingerprint
+and the stage is redone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import pyarrow as pa
+
+from hierarcaps import __version__, schema, shards
+from hierarcaps.config import Profile, Section
+from hierarcaps.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: missing upstream output, missing optional dependency, bad input file."""
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: output shard `index`, made from rows [start, stop) of the input shard files."""
+
+    stage: str
+    index: int
+    inputs: tuple[str, ...]
+    start: int = 0
+    stop: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ShardTask":
+        return cls(**{**data, "inputs": tuple(data["inputs"])})
+
+
+@dataclass
+class ShardOutput:
+    out: pa.Table
+    rejects: pa.Table
+    stats: Stats = field(default_factory=Stats)
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    upstream: ClassVar[tuple[str, ...]] = ()  # stage folders whose outputs this stage reads
+    output_schema: ClassVar[pa.Schema] = schema.HIERARCHIES
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules this stage needs, checked before any work
+
+    def __init__(self, profile: Profile, run_dir: str | Path):
+        self.profile = profile
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / self.name
+        self.advance: Callable[[int], None] = lambda n: None  # progress hook, rows processed
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise StageError(f"stage {self.name!r} needs {', '.join(missing)}; install it (see README, extras)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(run_dir={str(self.run_dir)!r})"
+
+    # ------------------------------------------------------------ what subclasses provide
+
+    @property
+    def config(self) -> Section:
+        return self.profile.section(self.name)
+
+    @abstractmethod
+    def plan(self) -> list[ShardTask]:
+        """The shard tasks of this stage, deterministic for the same inputs and config."""
+
+    @abstractmethod
+    def process(self, task: ShardTask) -> ShardOutput:
+        """Transform one shard. Every row read must end in `out` or `rejects`."""
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        """Extra inputs of the fingerprint (prompt hashes, ...)."""
+        return {}
+
+    def models(self) -> dict[str, str]:
+        """Model ids this stage uses, for the manifest and the dataset card."""
+        return {}
+
+    def input_rows(self, task: ShardTask) -> int:
+        """Rows the task reads: the accounting check compares it with rows out + rejected."""
+        total = sum(_num_rows(Path(p)) for p in task.inputs)
+        stop = total if task.stop is None else min(task.stop, total)
+        return max(0, stop - task.start)
+
+    # ------------------------------------------------------------ the shared machinery
+
+    def upstream_digest(self) -> dict[str, str]:
+        digests = {}
+        for name in self.upstream:
+            manifest = shards.read_manifest(self.run_dir / name)
+            if manifest is None:
+                raise StageError(f"{self.run_dir / name}: no manifest; run stage {name!r} before {self.name!r}")
+            digests[name] = manifest["fingerprint"] + ":" + shards.sha256_text(
+                json.dumps([s["sha256"] for s in manifest["shards"]])
+            )
+        return digests
+
+    def fingerprint(self) -> str:
+        if not hasattr(self, "_fingerprint"):
+            parts = {
+                "stage": self.name,
+                "schema_version": schema.SCHEMA_VERSION,
+                "config": self.config.digest(),
+                "upstream": self.upstream_digest(),
+                "code": __version__,
+                **self.fingerprint_parts(),
+            }
+            self._fingerprint = shards.sha256_text(json.dumps(parts, sort_keys=True, default=str))
+        return self._fingerprint
+
+    def is_complete(self) -> bool:
+        manifest = shards.read_manifest(self.dir)
+        return bool(manifest) and manifest.get("fingerprint") == self.fingerprint()
+
+    def run_shard(self, task: ShardTask | dict) -> dict | None:
+        """Process one shard unless done; return its completion marker (None if another worker holds it)."""
+        task = ShardTask.from_dict(task) if isinstance(task, dict) else task
+        fingerprint = self.fingerprint()
+        if shards.shard_is_done(self.dir, task.index, fingerprint):
+            marker = shards.read_done(self.dir, task.index)
+            self.advance(marker["stats"]["rows_in"])
+            return marker
+        if not shards.claim(self.dir, task.index):
+            log.info("%s shard %d is held by another worker; skipping", self.name, task.index)
+            return None
+        try:
+            started = time.perf_counter()
+            result = self.process(task)
+            expected = self.input_rows(task)
+            stats = result.stats
+            stats.set("rows_in", expected)
+            stats.set("rows_out", result.out.num_rows)
+            stats.set("rows_rejected", result.rejects.num_rows)
+            if result.out.num_rows + result.rejects.num_rows != expected:
+                raise StageError(
+                    f"{self.name} shard {task.index}: {expected} rows in but {result.out.num_rows} out + "
+                    f"{result.rejects.num_rows} rejected; refusing to write a shard that loses rows"
+                )
+            files = [
+                {**shards.write_table(result.out, self.dir / shards.shard_name(task.index), self.output_schema), "kind": "part"},
+                {
+                    **shards.write_table(result.rejects, self.dir / shards.shard_name(task.index, "rejects"), schema.REJECTS),
+                    "kind": "rejects",
+                },
+            ]
+            stats.add("seconds", time.perf_counter() - started)
+            marker = {"index": task.index, "fingerprint": fingerprint, "task": task.to_dict(), "files": files, "stats": stats.to_dict()}
+            shards.mark_done(self.dir, task.index, marker)
+            return marker
+        finally:
+            shards.release(self.dir, task.index)
+
+    def finalize(self, tasks: list[ShardTask] | None = None) -> dict | None:
+        """Merge the shard markers into `manifest.json`; None while some shard is not done."""
+        tasks = self.plan() if tasks is None else tasks
+        fingerprint = self.fingerprint()
+        markers = [shards.read_done(self.dir, t.index) for t in tasks]
+        if any(m is None or m.get("fingerprint") != fingerprint for m in markers):
+            return None
+        total = Stats()
+        for marker in markers:
+            total += Stats.from_dict(marker["stats"])
+        manifest = {
+            "stage": self.name,
+            "schema_version": schema.SCHEMA_VERSION,
+            "fingerprint": fingerprint,
+            "code_version": __version__,
+            "config": self.config.model_dump(mode="json"),
+            "config_sha256": self.config.digest(),
+            "models": self.models(),
+            **{k: v for k, v in self.fingerprint_parts().items()},
+            "shards": [f for m in markers for f in m["files"]],
+            "stats": total.to_dict(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        shards.write_manifest(self.dir, manifest)
+        return manifest
+
+    def run(self, advance: Callable[[int], None] | None = None) -> dict:
+        """Run every shard in this process (the CLI path) and return the manifest."""
+        if self.is_complete():
+            log.info("%s: already complete for this config; nothing to do", self.name)
+            return shards.read_manifest(self.dir)
+        if advance is not None:
+            self.advance = advance
+        tasks = self.plan()
+        for task in tasks:
+            self.run_shard(task)
+        manifest = self.finalize(tasks)
+        if manifest is None:
+            raise StageError(f"{self.name}: some shards are held by other workers; rerun to finish them")
+        return manifest
+
+    def total_rows(self) -> int:
+        return sum(self.input_rows(t) for t in self.plan())
+
+
+def _num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as err:
+        raise shards.ShardError(f"{path}: not a readable parquet file (truncated or corrupt?): {err}") from None
+
+
+def plan_row_range(stage: str, source_dir: Path, start: int, stop: int | None) -> list[ShardTask]:
+    """Tasks that cover global rows [start, stop) of `source_dir`'s part shards, one per overlapping shard.
+
+    Output shard i is made from input shard i, so names stay aligned across stages and a rerun overwrites."""
+    tasks, offset = [], 0
+    for index, path in enumerate(shards.output_shards(source_dir)):
+        rows = _num_rows(path)
+        lo, hi = max(start, offset), rows + offset if stop is None else min(stop, rows + offset)
+        if lo < hi:
+            tasks.append(ShardTask(stage, index, (str(path),), lo - offset, hi - offset))
+        offset += rows
+    return tasks
+
+
+def read_task_rows(task: ShardTask, columns: list[str] | None = None) -> pa.Table:
+    """The rows a task covers, as one table."""
+    tables = [shards.read_table(Path(p), columns) for p in task.inputs]
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    stop = table.num_rows if task.stop is None else min(task.stop, table.num_rows)
+    return table.slice(task.start, max(0, stop - task.start))

@@ -1,0 +1,1 @@
+"""The build stages, in order. Each is a `hierarcaps.stage.Stage` subclass."""
