@@ -101,6 +101,10 @@ class Stage(ABC):
         """Model ids this stage uses, for the manifest and the dataset card."""
         return {}
 
+    def manifest_extra(self) -> dict[str, Any]:
+        """Extra manifest fields (e.g. a `note` the CLI prints, the model directory)."""
+        return {}
+
     def input_rows(self, task: ShardTask) -> int:
         """Rows the task reads: the accounting check compares it with rows out + rejected."""
         total = sum(_num_rows(Path(p)) for p in task.inputs)
@@ -196,6 +200,7 @@ class Stage(ABC):
             **{k: v for k, v in self.fingerprint_parts().items()},
             "shards": [f for m in markers for f in m["files"]],
             "stats": total.to_dict(),
+            **self.manifest_extra(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         shards.write_manifest(self.dir, manifest)
