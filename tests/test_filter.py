@@ -1,0 +1,312 @@
+"""The filter stage: structural checks, then NLI rules with exact decisions, dedup, accounting; the filter alone."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from hierarcaps import pipeline, schema
+from hierarcaps.config import load_profile
+from hierarcaps.inputs import InputError, load_hierarchies
+from hierarcaps.stage import ShardOutput, ShardTask, Stage
+from hierarcaps.stages import filter as filter_mod
+from hierarcaps.stages.filter import FilterStage, filter_file, rule_pairs
+
+ENTAIL, NEUTRAL, CONTRA = (0.9, 0.06, 0.04), (0.2, 0.7, 0.1), (0.05, 0.15, 0.8)
+
+
+class FakeNLI:
+    """Entailment for every pair except those listed; records every predict call."""
+
+    model_id = "fake-nli"
+    description = "test double"
+
+    def __init__(self, special: dict | None = None, thresholds: dict | None = None):
+        self.special = dict(special or {})
+        self.calls: list[list[tuple[str, str]]] = []
+        if thresholds is not None:
+            self.thresholds = thresholds
+
+    def predict(self, pairs):
+        self.calls.append(list(pairs))
+        return np.array([self.special.get(pair, ENTAIL) for pair in pairs], dtype=np.float32)
+
+    @property
+    def seen(self) -> set[str]:
+        return {text for call in self.calls for pair in call for text in pair}
+
+
+def hierarchy(tag: str) -> tuple[list[str], list[str]]:
+    positive = [f"{tag} animal", f"{tag} dog", f"{tag} brown dog", f"{tag} brown dog on the grass"]
+    negative = [f"{tag} plant", f"{tag} cat", f"{tag} brown cat", f"{tag} brown cat on the sand"]
+    return positive, negative
+
+
+def contradictions(positive, negative) -> dict:
+    return {(p, n): CONTRA for p, n in zip(positive, negative)}
+
+
+def write_csv(path: Path, rows: list[tuple[list[str], list[str] | None]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["positive", "negative", "image_url"])
+        for k, (pos, neg) in enumerate(rows):
+            writer.writerow([schema.join_tiers(pos), schema.join_tiers(neg) or "", f"http://img/{k}.jpg"])
+    return path
+
+
+@pytest.fixture
+def profile():
+    return load_profile("offline", {"input.rows_per_shard": 100})
+
+
+@pytest.fixture
+def case(tmp_path):
+    """Rows with known fates, and the fake NLI that decides them."""
+    rows, special, expected = [], {}, {}
+
+    def add(tag, reason, tweak=None, negative=True):
+        pos, neg = hierarchy(tag)
+        special.update(contradictions(pos, neg))
+        if tweak:
+            tweak(pos, neg, special)
+        rows.append((pos, neg if negative else None))
+        expected[pos[-1]] = reason
+
+    add("good", None)
+    add("dup", None)
+    add("dup", None)  # an identical row: its pairs must not be scored twice
+    add("posfail", "nli_positive_not_entailed", lambda p, n, s: s.update({(p[2], p[1]): NEUTRAL}))
+    add("contrafail", "nli_negative_not_contradicting", lambda p, n, s: s.pop((p[3], n[3])))
+    add("prevfail", "nli_negative_not_entailing_previous", lambda p, n, s: s.update({(n[2], p[1]): CONTRA}))
+    add("twofail", "nli_positive_not_entailed", lambda p, n, s: (s.update({(p[1], p[0]): CONTRA}), s.pop((p[0], n[0]))))
+    add("posonly", None, negative=False)
+    add("struct", "positive_repeated_tier", lambda p, n, s: p.__setitem__(2, p[1]))
+    add("copy", "negative_copies_positive", lambda p, n, s: n.__setitem__(1, p[1]))
+    return write_csv(tmp_path / "case.csv", rows), FakeNLI(special), expected
+
+
+def _run_case(tmp_path, profile, case):
+    source, nli, expected = case
+    run = tmp_path / "run"
+    report = filter_file(source, run, profile, nli=nli)
+    out = pq.read_table(run / "filter" / "part-00000.parquet")
+    rejects = pq.read_table(run / "filter" / "rejects-00000.parquet")
+    return report, out, rejects, nli, expected
+
+
+def test_filter_decisions_reasons_and_details(tmp_path, profile, case):
+    report, out, rejects, nli, expected = _run_case(tmp_path, profile, case)
+    fates = {row["caption"]: None for row in out.to_pylist()}
+    fates.update({row["caption"]: row["reason"] for row in rejects.to_pylist()})
+    assert fates == expected
+    assert out.schema.equals(schema.FILTERED)
+    kept = {row["caption"]: row for row in out.to_pylist()}
+    assert kept["good brown dog on the grass"]["min_entail"] == pytest.approx(ENTAIL[0])
+    assert kept["good brown dog on the grass"]["min_contradict"] == pytest.approx(CONTRA[2])
+    assert kept["posonly brown dog on the grass"]["min_contradict"] is None
+
+    details = {row["reason"]: row for row in rejects.to_pylist()}
+    pos = json.loads(details["nli_positive_not_entailed"]["detail"])
+    prev = json.loads(details["nli_negative_not_entailing_previous"]["detail"])
+    contra = json.loads(details["nli_negative_not_contradicting"]["detail"])
+    posfail = [json.loads(r["detail"]) for r in rejects.to_pylist() if r["caption"].startswith("posfail")][0]
+    assert posfail == {
+        "rule": "nli_positive_entails", "tier": 2, "premise": "posfail brown dog", "hypothesis": "posfail dog",
+        "probs": {"entailment": 0.2, "neutral": 0.7, "contradiction": 0.1}, "threshold": 0.5, "needs": "entailment",
+        "also_failed": [],
+    }
+    assert pos["rule"] == "nli_positive_entails"
+    assert (prev["tier"], prev["premise"], prev["hypothesis"]) == (3, "prevfail brown cat", "prevfail dog")
+    assert (contra["tier"], contra["premise"], contra["hypothesis"]) == (4, "contrafail brown dog on the grass", "contrafail brown cat on the sand")
+    twofail = [json.loads(r["detail"]) for r in rejects.to_pylist() if r["caption"].startswith("twofail")][0]
+    assert twofail["tier"] == 1 and twofail["also_failed"] == ["nli_negative_contradicts"]
+    structural = [r for r in rejects.to_pylist() if r["caption"].startswith("struct")][0]
+    assert "repeated" in structural["detail"] and structural["positive"][1] == structural["positive"][2]
+
+
+def test_accounting_dedup_and_structural_rejects_never_reach_nli(tmp_path, profile, case):
+    report, out, rejects, nli, expected = _run_case(tmp_path, profile, case)
+    stats = report["manifests"]["filter"]["stats"]
+    assert stats["rows_in"] == len(expected) + 1 == stats["rows_out"] + stats["rows_rejected"]  # +1: the duplicate row
+    assert len(nli.calls) == 1  # one shard, one NLI pass
+    scored = nli.calls[0]
+    assert len(scored) == len(set(scored)) == stats["nli_unique_pairs"]
+    # 8 rows reach NLI, 7 with negatives (3 + 4 + 3 pairs) and 1 positive-only (3 pairs); the duplicate adds no pair
+    assert stats["nli_pairs"] == 7 * 10 + 3 and len(scored) == 6 * 10 + 3
+    assert not any(text.startswith(("struct", "copy")) for text in nli.seen)
+    # each rule is counted on every row that reaches it, independently of the other rules
+    assert stats["checked:nli_positive_entails"] == 8 and stats["pass:nli_positive_entails"] == 6
+    assert stats["checked:nli_negative_contradicts"] == 7 and stats["pass:nli_negative_contradicts"] == 5
+    assert stats["checked:nli_negative_entails_previous"] == 7 and stats["pass:nli_negative_entails_previous"] == 6
+    assert stats["pair_checked:nli_negative_contradicts:t4"] == 7 and stats["pair_pass:nli_negative_contradicts:t4"] == 6
+    assert stats["reject:nli_positive_not_entailed"] == 2 and stats["reject:positive_repeated_tier"] == 1
+
+
+def test_check_report_gives_each_checks_accept_rate(tmp_path, profile, case):
+    report, *_ = _run_case(tmp_path, profile, case)
+    on_disk = json.loads((tmp_path / "run" / "filter" / "check_report.json").read_text())
+    assert on_disk == json.loads(json.dumps({k: v for k, v in report.items() if k != "manifests"}))
+    rates = {c["check"]: c for c in report["checks"]}
+    assert (rates["load_4_tiers"]["checked"], rates["load_4_tiers"]["passed"]) == (10, 10)
+    assert (rates["structural"]["checked"], rates["structural"]["passed"]) == (10, 8)
+    assert rates["negative_copies_positive"]["accept_rate"] == pytest.approx(9 / 10)
+    assert rates["nli_negative_contradicts"]["accept_rate"] == pytest.approx(5 / 7)
+    assert rates["nli_positive_entails:t2"]["accept_rate"] == pytest.approx(7 / 8)
+    assert report["nli_model"] == "fake-nli" and report["accepted"] == 4 and report["rows"] == 10
+
+
+def test_thresholds_come_from_config_or_the_model_card(tmp_path, case):
+    source, _, _ = case
+    strict = load_profile("offline", {"filter.nli.entail_threshold": 0.95})
+    report = filter_file(source, tmp_path / "strict", strict, nli=FakeNLI(case[1].special))
+    assert report["accepted"] == 0 and report["thresholds"]["entail"] == 0.95
+    card = FakeNLI(case[1].special, thresholds={"entail": 0.95, "contradict": 0.3})
+    report = filter_file(source, tmp_path / "card", load_profile("offline"), nli=card)
+    assert report["accepted"] == 0 and report["thresholds"] == {"entail": 0.95, "contradict": 0.3}
+    ignored = load_profile("offline", {"filter.nli.use_card_thresholds": False})
+    report = filter_file(source, tmp_path / "ignored", ignored, nli=FakeNLI(case[1].special, thresholds={"entail": 0.95}))
+    assert report["accepted"] == 4 and report["thresholds"] == {"entail": 0.5, "contradict": 0.5}
+
+
+def test_rule_pairs_follow_the_tier_structure():
+    pos, neg = ["p1", "p2", "p3", "p4"], ["n1", "n2", "n3", "n4"]
+    pairs = {(rule, tier): (p, h) for rule, tier, p, h in rule_pairs(pos, neg)}
+    assert pairs[("nli_positive_entails", 1)] == ("p2", "p1") and pairs[("nli_positive_entails", 3)] == ("p4", "p3")
+    assert pairs[("nli_negative_contradicts", 1)] == ("p1", "n1") and pairs[("nli_negative_contradicts", 4)] == ("p4", "n4")
+    assert pairs[("nli_negative_entails_previous", 2)] == ("n2", "p1")
+    assert pairs[("nli_negative_entails_previous", 4)] == ("n4", "p3")
+    assert len(pairs) == 10 and len(rule_pairs(pos, None)) == 3
+
+
+class FakeGenerate(Stage):
+    """A real upstream stage named `generate`, writing given rows through the shared machinery."""
+
+    name = "generate"
+
+    def __init__(self, profile, run_dir, rows):
+        super().__init__(profile, run_dir)
+        self.rows = rows
+
+    def plan(self):
+        return [ShardTask(self.name, 0, ()), ShardTask(self.name, 1, ())]
+
+    def input_rows(self, task):
+        return len(self.rows[task.index])
+
+    def process(self, task):
+        table = pa.Table.from_pylist(self.rows[task.index], schema=schema.HIERARCHIES)
+        return ShardOutput(table, schema.rejects_table([]))
+
+
+def test_default_filter_reads_generate_one_task_per_shard(tmp_path, profile):
+    rows, special = [], {}
+    for tag in ("a", "b", "c"):
+        pos, neg = hierarchy(tag)
+        special.update(contradictions(pos, neg))
+        rows.append({"id": tag, "caption": pos[-1], "positive": pos, "negative": neg, "source": "generate"})
+    FakeGenerate(profile, tmp_path, [rows[:2], rows[2:]]).run()
+    stage = pipeline.make_stage("filter", profile, tmp_path)
+    assert isinstance(stage, FilterStage) and stage.upstream == ("generate",)
+    assert [t.index for t in stage.plan()] == [0, 1]
+    assert stage.nli_id.startswith("minilm-head:default@") and "nli" not in stage.__dict__  # the model loads on first use
+    nli = FakeNLI(special)
+    manifest = FilterStage(profile, tmp_path, nli=nli).run()
+    assert len(nli.calls) == 2 and manifest["stats"]["rows_out"] == 3
+    assert manifest["models"] == {"nli": "fake-nli"} and "not an MNLI model" in manifest["note"]
+    again = FilterStage(profile, tmp_path, nli=FakeNLI(special))
+    assert again.is_complete()
+    changed = FilterStage(load_profile("offline", {"filter.nli.entail_threshold": 0.6}), tmp_path, nli=FakeNLI(special))
+    assert not changed.is_complete()
+
+
+def test_filter_file_on_shared_coco_hierarchies(tmp_path, shared_data):
+    source = shared_data / "hierarcaps_coco_auto" / "hierarcaps_coco_auto.csv.gz"
+    with gzip.open(source, "rt", newline="") as fh:
+        rows = [row for _, row in zip(range(40), csv.DictReader(fh))]
+    sample = tmp_path / "coco40.csv"
+    with open(sample, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["positive", "negative", "image_url"])
+        writer.writeheader()
+        writer.writerows(rows)
+    table, _ = load_hierarchies(sample)
+    # An NLI that agrees with the original pipeline: its negatives contradict, everything else entails.
+    special = {(p, n): CONTRA for row in table.to_pylist() for p, n in zip(row["positive"], row["negative"])}
+    profile = load_profile("offline", {"input.rows_per_shard": 16})
+    report = filter_file(sample, tmp_path / "run", profile, nli=FakeNLI(special))
+    assert report["rows"] == 40 and len(report["manifests"]["filter"]["shards"]) == 2 * 3
+    structural = {c["check"]: c for c in report["checks"]}["structural"]
+    assert report["accepted"] == structural["passed"] >= 36  # the originals are structurally sound
+    again = filter_file(sample, tmp_path / "run", profile, nli=FakeNLI(special))
+    assert again["manifests"]["filter"].get("skipped") and again["accepted"] == report["accepted"]
+
+    written = tmp_path / "accepted.csv"
+    from hierarcaps.inputs import write_hierarchies_csv
+
+    write_hierarchies_csv(filter_mod.accepted_rows(tmp_path / "run"), written)
+    back, _ = load_hierarchies(written)
+    originals = {tuple(r["positive"]): r["negative"] for r in table.to_pylist()}
+    assert back.num_rows == report["accepted"]
+    assert all(originals[tuple(r["positive"])] == r["negative"] for r in back.to_pylist())
+
+
+def test_filter_file_on_positive_only_captions_csv(tmp_path, shared_data):
+    with open(shared_data / "hierarcaps_test" / "hierarcaps_test.csv", newline="") as fh:
+        rows = [row for _, row in zip(range(12), csv.DictReader(fh))]
+    sample = tmp_path / "captions.csv"
+    with open(sample, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "captions", "image_url"])
+        writer.writeheader()
+        writer.writerows(rows)
+    nli = FakeNLI()
+    report = filter_file(sample, tmp_path / "run", load_profile("offline"), nli=nli)
+    checks = {c["check"] for c in report["checks"]}
+    assert "nli_positive_entails" in checks and not any("negative" in c and c.startswith("nli") for c in checks)
+    structural = {c["check"]: c for c in report["checks"]}["structural"]
+    assert report["nli_pairs"] == 3 * structural["passed"] and structural["checked"] == 12  # 3 positive pairs a row
+    out = filter_mod.accepted_rows(tmp_path / "run")
+    assert set(out["id"].to_pylist()) <= {r["id"] for r in rows} and out.num_rows == report["accepted"] > 0
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    missing = tmp_path / "nocol.csv"
+    missing.write_text("caption,image_url\na dog,http://x\n")
+    with pytest.raises(InputError, match="nocol.csv.*'positive'"):
+        filter_file(missing, tmp_path / "run1", load_profile("offline"), nli=FakeNLI())
+    table = pa.Table.from_pylist(
+        [{"id": "x", "caption": "d", "positive": ["a", "b c", "b c d", "d"], "negative": None}], schema=schema.HIERARCHIES
+    )
+    parquet = tmp_path / "h.parquet"
+    pq.write_table(table, parquet)
+    data = parquet.read_bytes()
+    parquet.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="h.parquet.*truncated"):
+        filter_file(parquet, tmp_path / "run2", load_profile("offline"), nli=FakeNLI())
+    with pytest.raises(InputError, match="absent.csv.*not found"):
+        filter_file(tmp_path / "absent.csv", tmp_path / "run3", load_profile("offline"), nli=FakeNLI())
+
+
+def test_cli_filter_prints_rates_and_writes_csv(tmp_path, case, monkeypatch):
+    from hierarcaps.cli import app
+
+    source, nli, expected = case
+    monkeypatch.setattr(filter_mod, "load_nli", lambda cfg: nli)
+    written = tmp_path / "kept.csv"
+    result = CliRunner().invoke(app, ["filter", "--input", str(source), "--out", str(tmp_path / "run"), "--write-csv", str(written)])
+    assert result.exit_code == 0, result.output
+    assert "nli_negative_contradicts" in result.output and "71.4%" in result.output  # 5 of 7 rows
+    back, _ = load_hierarchies(written)
+    assert back.num_rows == 4  # the duplicate row is kept twice: the filter judges, it does not deduplicate rows
+    assert set(back["caption"].to_pylist()) == {c for c, reason in expected.items() if reason is None}
+    bad = tmp_path / "nocol.csv"
+    bad.write_text("caption\na dog\n")
+    result = CliRunner().invoke(app, ["filter", "--input", str(bad), "--out", str(tmp_path / "run2")])
+    assert result.exit_code == 1 and "nocol.csv" in result.output
