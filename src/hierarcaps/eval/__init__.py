@@ -1,0 +1,1 @@
+"""Evaluation: RE metrics, encoders, semantic RSM retrieval, and the validate report."""
