@@ -25,6 +25,16 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; shards, manifests and reports are meant to be shared, so give them the usual mode.
+FILE_MODE = 0o666 & ~_umask()
+
+
 class ShardError(RuntimeError):
     """A shard file is missing, truncated or does not match its recorded checksum."""
 
@@ -53,6 +63,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +86,7 @@ def write_table(table: pa.Table, path: Path, schema: pa.Schema | None = None) ->
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         digest = sha256_file(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
