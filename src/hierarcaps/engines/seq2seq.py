@@ -1,0 +1,205 @@
+"""The seq2seq student of the distill and generate stages: a T5-family model and its tokenizer.
+
+Two ways to get one, the same classes either way (so the paper's path is the tested path):
+- `StudentConfig.pretrained` set (paper: google/flan-t5-base): `AutoTokenizer` + `AutoModelForSeq2SeqLM.from_pretrained`.
+- offline (`pretrained = None`): a byte-level BPE tokenizer is trained with `tokenizers` on the run's own training
+  texts (a 2K vocabulary trains a tiny T5 ~6x faster on CPU than T5's 32K/49K ones) and a small
+  `T5ForConditionalGeneration` is built from a `T5Config` with random weights. It learns only what a few dozen
+  hierarchies can teach: it is weak, and never the paper's student.
+
+Models are saved with safetensors (`save_pretrained`), tokenizers as `tokenizer.json`; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from hierarcaps.config import StudentConfig
+
+log = logging.getLogger(__name__)
+
+# T5's own id layout, so a scratch student and flan-t5 agree on pad (= decoder start) and eos.
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A byte-level BPE tokenizer for `texts`, wrapped for transformers (pad=0, eos=1, unk=2, eos appended).
+
+    Byte-level pre-tokenization, but only the bytes seen in `texts` are in the vocabulary: with all 256 a weak
+    student samples stray bytes that decode to invalid UTF-8. A caption byte never seen in training encodes as
+    <unk>; the student only reads such captions, its outputs are made of what it was trained on."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if not texts:
+        raise ValueError("cannot train a tokenizer on no text")
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS, UNK],
+        min_frequency=2,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, tokenizer.token_to_id(EOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def build_student(cfg: StudentConfig, texts: Sequence[str]):
+    """(model, tokenizer): pretrained from `cfg.pretrained`, else a scratch T5 with a BPE vocabulary fit to `texts`."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    if cfg.pretrained:
+        log.info("student: loading pretrained %s", cfg.pretrained)
+        overrides = {} if cfg.dropout is None else {"dropout_rate": cfg.dropout}
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
+            model = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained, **overrides)
+        return model, tokenizer
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=cfg.d_model,
+        d_ff=cfg.d_ff,
+        d_kv=cfg.d_kv,
+        num_layers=cfg.num_layers,
+        num_decoder_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        **({} if cfg.dropout is None else {"dropout_rate": cfg.dropout}),
+    )
+    model = T5ForConditionalGeneration(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("student: tiny T5 from scratch, %d parameters, vocabulary %d", n_params, len(tokenizer))
+    return model, tokenizer
+
+
+@contextmanager
+def _quiet_transformers():
+    """No tqdm bars from save/load: a checkpoint every N steps would print one each into the CLI's rich progress."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_student(model, tokenizer, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _quiet_transformers():
+        model.save_pretrained(directory, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+
+
+def load_student(directory: str | Path, device: str = "cpu"):
+    """(model, tokenizer) from a directory written by `save_student` (or any local seq2seq checkpoint)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory}: no student model here (config.json missing); run the distill stage")
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForSeq2SeqLM.from_pretrained(directory).to(device)
+    model.eval()
+    return model, tokenizer
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with `n` intra-op threads (None: leave as is), then restore.
+
+    Why: a tiny T5's ops are too small to split; with 2 threads on a shared 2-core CPU, OpenMP workers spin and
+    wait on each other. Measured under load here: one training step 3.9 s with 2 threads vs 0.26 s with 1."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def student_threads(cfg: StudentConfig, device: str) -> int | None:
+    """1 thread for a scratch student on CPU (see `torch_threads`), else torch's default."""
+    return 1 if device == "cpu" and not cfg.pretrained else None
+
+
+class SeededSampler:
+    """A logits processor that samples each row with its own `torch.Generator`, then leaves only the chosen token.
+
+    transformers' sampling draws from the global RNG, so a row's sample would depend on which rows share its batch;
+    here row r always draws from seed r, whatever the batching. Greedy decoding then picks the one token left."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True, dim=-1)
+            # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= self.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        chosen = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, -math.inf)
+        out.scatter_(-1, chosen[:, None], 0.0)
+        return out
+
+
+@torch.no_grad()
+def student_generate(
+    model,
+    tokenizer,
+    sources: Sequence[str],
+    *,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | Sequence[int] = 0,
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+    num_beams: int = 1,
+    max_source_len: int = 128,
+) -> list[str]:
+    """One decoded output per source, in order. Greedy (or beam) by default; `sample=True` draws with one seed per
+    row (`seed` is a list of per-row seeds, or an int from which row i gets seed + i)."""
+    from transformers import LogitsProcessorList
+
+    sources = list(sources)
+    seeds = [seed + i for i in range(len(sources))] if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(sources):
+        raise ValueError(f"{len(seeds)} seeds for {len(sources)} sources")
+    sample = sample and temperature > 0
+    outputs: list[str] = []
+    model.eval()
+    for lo in range(0, len(sources), batch_size):
+        batch = sources[lo : lo + batch_size]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_len).to(model.device)
+        extra = {}
+        if sample:
+            sampler = SeededSampler(seeds[lo : lo + batch_size], temperature, top_p, model.device)
+            extra = {"logits_processor": LogitsProcessorList([sampler]), "num_beams": 1}
+        else:
+            extra = {"num_beams": num_beams}
+        ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, **extra)
+        outputs.extend(t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return outputs

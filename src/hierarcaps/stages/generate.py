@@ -1,0 +1,178 @@
+"""Stage `generate`: the distilled student writes a positive and a negative hierarchy for every input caption.
+
+- positive: s2g on the caption ("s2g: <caption>" -> "t1 => t2 => t3"), greedy or beam (`generate.num_beams`);
+  positive = [t1, t2, t3, caption]. Output that is not exactly three non-empty tiers is rejected
+  (`student_unparsable`, raw text kept).
+- negative: for tier i = 1..4, g2s from positive tiers 1..i-1 ("g2s: t1 => ... => t(i-1)"), *sampled*
+  (`negative_temperature`, `negative_top_p`), and the first generated tier is negative tier i. A sample equal to
+  positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own seed, so a
+  row's negative does not depend on the batch it shared. If every try is empty the row is rejected
+  (`negative_empty`); if every try equals the positive, the last one is kept and the filter stage rejects it.
+Nothing here checks meaning: the filter stage tests with NLI that negative i contradicts positive i and entails
+positive i-1, as the HierarCaps paper builds its negatives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from hierarcaps import schema, shards
+from hierarcaps.checks import normalize
+from hierarcaps.config import GenerateConfig
+from hierarcaps.engines.embed import resolve_device
+from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
+from hierarcaps.stages.distill import G2S, S2G, source_text
+from hierarcaps.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+def parse_general_tiers(text: str) -> list[str] | None:
+    """"t1 => t2 => t3" -> [t1, t2, t3]; None unless exactly three non-empty tiers."""
+    tiers = schema.split_tiers(text)
+    return tiers if len(tiers) == schema.TIERS - 1 and all(tiers) else None
+
+
+def first_tier(text: str) -> str:
+    return schema.split_tiers(text)[0]
+
+
+def row_seed(seed: int, row_id: str, tier: int, attempt: int) -> int:
+    return int(hashlib.sha256(f"{seed}:{row_id}:{tier}:{attempt}".encode()).hexdigest()[:8], 16)
+
+
+class GenerateStage(Stage):
+    name = "generate"
+    upstream = ("input", "distill")
+    output_schema = schema.HIERARCHIES
+
+    @property
+    def cfg(self) -> GenerateConfig:
+        return self.profile.generate
+
+    @cached_property
+    def distill_manifest(self) -> dict:
+        manifest = shards.read_manifest(self.run_dir / "distill")
+        if manifest is None or "model_dir" not in manifest:
+            raise StageError(f"{self.run_dir / 'distill'}: no finished distill stage (manifest with model_dir); run distill first")
+        return manifest
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / self.distill_manifest["model_dir"]
+
+    @cached_property
+    def device(self) -> str:
+        return resolve_device(self.cfg.device)
+
+    @cached_property
+    def student(self):
+        """(model, tokenizer), loaded once per stage instance (a flow calls run_shard per shard on one instance)."""
+        from hierarcaps.engines.seq2seq import load_student
+
+        return load_student(self.model_dir, self.device)
+
+    def model_label(self) -> str:
+        base = self.distill_manifest.get("models", {}).get("student", "student")
+        return f"{base} distilled ({self.distill_manifest['model_dir']}, sha256 {self.distill_manifest['model_sha256'][:12]})"
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        # the model file itself, not just distill's config: a retrained student must invalidate these shards
+        return {"student_sha256": self.distill_manifest["model_sha256"]}
+
+    def models(self) -> dict[str, str]:
+        return {"student": self.model_label()}
+
+    def plan(self) -> list[ShardTask]:
+        return plan_row_range(self.name, self.run_dir / "input", 0, None)
+
+    def _generate(self, sources: list[str], **kwargs) -> list[str]:
+        from hierarcaps.engines.seq2seq import student_generate
+
+        model, tokenizer = self.student
+        return student_generate(
+            model, tokenizer, sources, max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
+            max_source_len=self.profile.distill.max_source_len, **kwargs,
+        )
+
+    def process(self, task: ShardTask) -> ShardOutput:
+        from hierarcaps.engines.seq2seq import student_threads, torch_threads
+
+        rows = read_task_rows(task).to_pylist()
+        out, rejects, stats = [], [], Stats()
+        with torch_threads(student_threads(self.profile.distill.student, self.device)):
+            for lo in range(0, len(rows), self.cfg.batch_size):
+                batch = rows[lo : lo + self.cfg.batch_size]
+                good, bad = self._process_batch(batch, stats)
+                out += good
+                rejects += bad
+                self.advance(len(batch))
+        table = pa.Table.from_pylist(out, schema=schema.HIERARCHIES)
+        return ShardOutput(table, schema.rejects_table(rejects), stats)
+
+    def _process_batch(self, rows: list[dict], stats: Stats) -> tuple[list[dict], list[dict]]:
+        raw = self._generate([source_text(S2G, [r["caption"]]) for r in rows], num_beams=self.cfg.num_beams)
+        live, rejects = [], []
+        for row, text in zip(rows, raw):
+            tiers = parse_general_tiers(text)
+            if tiers is None:
+                stats.reject("student_unparsable")
+                rejects.append(self._reject(row, "student_unparsable", f"s2g output is not 3 tiers joined by ' => ': {text!r}", text))
+                continue
+            stats.add("s2g_parsed")
+            live.append({**row, "positive": tiers + [row["caption"]], "negative": [None] * schema.TIERS, "raw_negative": [None] * schema.TIERS})
+        for tier in range(1, schema.TIERS + 1):
+            self._sample_negative_tier(live, tier, stats)
+        out = []
+        for row in live:
+            empty = [i + 1 for i, t in enumerate(row["negative"]) if not t]
+            if empty:
+                stats.reject("negative_empty")
+                detail = f"negative tier {empty[0]}: {self.cfg.negative_tries} samples, all empty"
+                rejects.append(self._reject(row, "negative_empty", detail, row["raw_negative"][empty[0] - 1], row["positive"]))
+                continue
+            out.append({"id": row["id"], "caption": row["caption"], "image_url": row.get("image_url"), "positive": row["positive"],
+                        "negative": row["negative"], "source": "generate", "model": self.model_label()})
+        return out, rejects
+
+    def _sample_negative_tier(self, rows: list[dict], tier: int, stats: Stats) -> None:
+        """Fill negative[tier-1] of every row: one batched sampling call per try, only for rows still unresolved."""
+        pending = list(rows)
+        for attempt in range(self.cfg.negative_tries):
+            if not pending:
+                return
+            if attempt:
+                stats.add("negative_resamples", len(pending))
+            texts = self._generate(
+                [source_text(G2S, r["positive"][: tier - 1]) for r in pending],
+                sample=True,
+                temperature=self.cfg.negative_temperature,
+                top_p=self.cfg.negative_top_p,
+                seed=[row_seed(self.cfg.seed, r["id"], tier, attempt) for r in pending],
+            )
+            still = []
+            for row, text in zip(pending, texts):
+                candidate = first_tier(text)
+                row["raw_negative"][tier - 1] = text
+                if candidate:
+                    row["negative"][tier - 1] = candidate
+                if not candidate or normalize(candidate) == normalize(row["positive"][tier - 1]):
+                    still.append(row)
+            pending = still
+        stats.add("negative_same_as_positive", sum(1 for r in pending if r["negative"][tier - 1]))
+
+    def _reject(self, row: dict, reason: str, detail: str, raw: str | None, positive: list[str] | None = None) -> dict:
+        return {"id": row["id"], "stage": self.name, "reason": reason, "detail": detail, "caption": row["caption"], "positive": positive,
+                "raw": raw, "source_file": row.get("source_file"), "source_row": row.get("source_row")}
+
+    def manifest_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"model_dir": self.distill_manifest["model_dir"]}
+        if not self.profile.distill.student.pretrained:
+            extra["note"] = "hierarchies written by the weak offline student (see the distill note); negatives are unfiltered samples"
+        return extra

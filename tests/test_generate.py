@@ -1,0 +1,149 @@
+"""The generate stage: parsing, negative sampling with resamples, rejects with raw text, and a real tiny student."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fake_upstream import COCO_AUTO, coco_rows, write_upstream
+from hierarcaps import pipeline, schema, shards
+from hierarcaps.config import load_profile
+from hierarcaps.stage import ShardTask
+from hierarcaps.stages.generate import GenerateStage, parse_general_tiers
+
+pytestmark = pytest.mark.skipif(not COCO_AUTO.exists(), reason="../shared/data is not beside this checkout")
+
+# Big enough to memorise 8 hierarchies in a few hundred steps, small enough to do it in seconds.
+STUDENT = {
+    "distill.student.vocab_size": 500,
+    "distill.student.d_model": 64,
+    "distill.student.d_ff": 128,
+    "distill.student.num_layers": 2,
+    "distill.student.num_heads": 4,
+    "distill.student.d_kv": 16,
+    "distill.batch_size": 8,
+    "distill.student.dropout": 0.0,  # memorising is the point here
+    "distill.max_steps": 250,
+    "distill.learning_rate": 3e-3,
+    "distill.checkpoint_every": 250,
+    "distill.eval_fraction": 0.0,
+    "input.rows_per_shard": 4,
+}
+UNSEEN = ["A yellow school bus parked next to a red brick building.", "Two giraffes eat leaves from a tall tree."]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """input (8 trained captions + 2 unseen, in 3 shards) -> fake seed/augment (8 COCO rows) -> tiny distilled student."""
+    run = tmp_path_factory.mktemp("generate-run")
+    profile = load_profile("offline", overrides=STUDENT)
+    rows = coco_rows(100, 108)
+    write_upstream(profile, run, rows.slice(0, 4), rows.slice(4))
+    captions = run.parent / f"{run.name}-captions.parquet"
+    pq.write_table(pa.Table.from_pylist([{"caption": c} for c in rows["caption"].to_pylist() + UNSEEN]), captions)
+    pipeline.run_stage("input", run, profile, source=captions)
+    pipeline.run_stage("distill", run, profile)
+    return run
+
+
+def test_parse_general_tiers_accepts_exactly_three_non_empty_tiers():
+    assert parse_general_tiers("dog => brown dog => brown dog on a beach") == ["dog", "brown dog", "brown dog on a beach"]
+    assert parse_general_tiers(" dog=>brown dog =>  a dog ") == ["dog", "brown dog", "a dog"]
+    for bad in ["dog => brown dog", "a => b => c => d", "dog =>  => a dog", "", "just a sentence"]:
+        assert parse_general_tiers(bad) is None, bad
+
+
+def test_generate_on_real_student_accounts_for_every_caption(run):
+    manifest = pipeline.run_stage("generate", run, "offline", overrides=STUDENT)
+    stats = manifest["stats"]
+    assert stats["rows_in"] == 10 and stats["rows_in"] == stats["rows_out"] + stats["rows_rejected"]
+    assert len([s for s in manifest["shards"] if s["kind"] == "part"]) == 3  # one per input shard
+    out = pa.concat_tables([shards.read_table(p) for p in shards.output_shards(run / "generate")]).to_pylist()
+    rejects = pa.concat_tables([shards.read_table(p) for p in shards.output_shards(run / "generate", "rejects")]).to_pylist()
+    trained = set(coco_rows(100, 108)["caption"].to_pylist())
+    # the student has memorised its 8 training hierarchies, so most of those parse
+    assert sum(r["caption"] in trained for r in out) >= 4
+    for row in out:
+        assert len(row["positive"]) == 4 and row["positive"][3] == row["caption"] and all(row["positive"])
+        assert len(row["negative"]) == 4 and all(row["negative"])
+        assert row["source"] == "generate" and "distill/model" in row["model"]
+    for rej in rejects:
+        assert rej["reason"] in {"student_unparsable", "negative_empty"} and rej["raw"] is not None and rej["source_row"] is not None
+    assert stats["s2g_parsed"] == len(out) + stats.get("reject:negative_empty", 0)
+
+    again = pipeline.run_stage("generate", run, "offline", overrides=STUDENT)
+    assert again.get("skipped") is True
+
+
+def test_sampling_is_seeded_per_row_whatever_the_batch(run):
+    from hierarcaps.engines.seq2seq import load_student, student_generate, torch_threads
+
+    model, tokenizer = load_student(run / "distill" / "model")
+    sources = ["g2s:", "g2s: animal", "g2s: animal => dog"]
+    with torch_threads(1):  # as the stage runs a scratch student (2 threads crawl on a busy 2-core CPU)
+        together = student_generate(model, tokenizer, sources, sample=True, seed=[11, 12, 13], batch_size=3, max_new_tokens=16)
+        alone = [student_generate(model, tokenizer, [s], sample=True, seed=[k], max_new_tokens=16)[0] for s, k in zip(sources, [11, 12, 13])]
+        greedy = student_generate(model, tokenizer, sources, max_new_tokens=16)
+        assert greedy == student_generate(model, tokenizer, sources, max_new_tokens=16)
+    assert together == alone
+
+
+class ScriptedStudent:
+    """Stands in for the student: positives from the caption's first word; g2s answers scripted per prefix and call."""
+
+    def __init__(self):
+        self.calls: Counter = Counter()
+
+    def __call__(self, sources, sample=False, seed=None, **kwargs):
+        outputs = []
+        for source in sources:
+            self.calls[source] += 1
+            if source.startswith("s2g: "):
+                word = source[5:].split()[0].lower()
+                outputs.append("no tiers at all" if word == "giraffes" else f"{word} => red {word} => a red {word} here")
+                continue
+            assert sample and seed is not None, "negatives must be sampled with per-row seeds"
+            prefix = [t for t in schema.split_tiers(source[4:]) if t]
+            word = prefix[0] if prefix else "x"
+            tier = len(prefix) + 1
+            if word == "empty" and tier == 3:
+                outputs.append("")  # never a usable tier 3 -> negative_empty
+            elif tier == 2 and self.calls[source] == 1:
+                outputs.append(f"red {word} => more text")  # equals positive tier 2 -> drawn again
+            else:
+                outputs.append(f"other{tier} {word} => ignored later tiers")
+        return outputs
+
+
+def test_negatives_resample_copies_and_bad_rows_are_rejected_with_raw_text(run, tmp_path):
+    captions = ["Zebras standing in a field.", "Giraffes eating leaves.", "Empty room with a chair.", "Cats sleeping on a couch."]
+    table = pa.Table.from_pylist(
+        [{"id": f"c{i}", "caption": c, "image_url": None, "source_file": "x.csv", "source_row": i} for i, c in enumerate(captions)],
+        schema=schema.CAPTIONS,
+    )
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    stage = GenerateStage(load_profile("offline", overrides={**STUDENT, "generate.negative_tries": 3}), run)
+    student = ScriptedStudent()
+    stage._generate = student
+    task = ShardTask("generate", 0, (str(path),), 0, 4)
+    result = stage.process(task)
+    assert result.out.num_rows + result.rejects.num_rows == stage.input_rows(task) == 4
+
+    out = {r["caption"]: r for r in result.out.to_pylist()}
+    assert set(out) == {"Zebras standing in a field.", "Cats sleeping on a couch."}
+    zebra = out["Zebras standing in a field."]
+    assert zebra["positive"] == ["zebras", "red zebras", "a red zebras here", "Zebras standing in a field."]
+    assert zebra["negative"] == ["other1 x", "other2 zebras", "other3 zebras", "other4 zebras"]
+    rejects = {r["caption"]: r for r in result.rejects.to_pylist()}
+    assert rejects["Giraffes eating leaves."]["reason"] == "student_unparsable"
+    assert rejects["Giraffes eating leaves."]["raw"] == "no tiers at all" and rejects["Giraffes eating leaves."]["source_row"] == 1
+    empty = rejects["Empty room with a chair."]
+    assert empty["reason"] == "negative_empty" and "3 samples" in empty["detail"]
+    assert student.calls["g2s: empty => red empty"] == 3  # every try spent on the empty tier
+    assert result.stats["negative_resamples"] == 3 + 2  # tier 2 redrawn once for each of 3 rows; tier 3 twice for "empty"
+    assert result.stats["reject:student_unparsable"] == 1 and result.stats["reject:negative_empty"] == 1
