@@ -214,3 +214,25 @@ def test_pretrained_student_path_loads_a_local_t5_with_its_own_tokenizer(tmp_pat
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(run / "distill" / "model").get_vocab() == tokenizer.get_vocab()  # not retrained
+
+
+def test_pretrained_tokenizer_without_the_separator_gets_it_added(tmp_path):
+    """flan-t5's vocabulary cannot write every character; a student that cannot emit '=>' could never write a tier."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    from hierarcaps.config import StudentConfig
+    from hierarcaps.engines.seq2seq import build_student
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "b": 4, "cat": 5}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    pretrained = tmp_path / "no-sep-t5"
+    T5ForConditionalGeneration(T5Config(vocab_size=len(vocab), d_model=16, d_ff=32, d_kv=4, num_layers=1, num_heads=2)).save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    assert "=>" not in tokenizer.decode(tokenizer("a => b")["input_ids"])
+
+    model, loaded = build_student(StudentConfig(pretrained=str(pretrained)), [])
+    assert loaded.decode(loaded("a => b")["input_ids"], skip_special_tokens=True) == "a => b"
+    assert model.get_input_embeddings().num_embeddings >= len(loaded)

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from hierarcaps.config import StudentConfig
+from hierarcaps.schema import SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def build_student(cfg: StudentConfig, texts: Sequence[str]):
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained)
             model = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained, **overrides)
+        _ensure_separator(model, tokenizer)
         return model, tokenizer
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     config = T5Config(
@@ -82,6 +84,17 @@ def build_student(cfg: StudentConfig, texts: Sequence[str]):
     n_params = sum(p.numel() for p in model.parameters())
     log.info("student: tiny T5 from scratch, %d parameters, vocabulary %d", n_params, len(tokenizer))
     return model, tokenizer
+
+
+def _ensure_separator(model, tokenizer, separator: str = SEPARATOR.strip()) -> None:
+    """T5's sentencepiece vocabulary has no '<' and may lose other characters (they decode to '⁇'): if the tier
+    separator does not survive a round trip, add it as a token so the student can write hierarchies at all."""
+    probe = f"a {separator} b"
+    if tokenizer.decode(tokenizer(probe)["input_ids"], skip_special_tokens=True).strip() == probe:
+        return
+    tokenizer.add_tokens([separator])
+    model.resize_token_embeddings(len(tokenizer))
+    log.info("student: added %r to the tokenizer (it did not round-trip)", separator)
 
 
 @contextmanager
