@@ -21,20 +21,15 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 from hierarcaps.config import GeneratorConfig
 from hierarcaps.engines.base import Generator
 from hierarcaps.engines.embed import packaged_path, resolve_device
+from hierarcaps.parsing import GROWING_LINES, LINE_PREFIXES, STRUCTURED_REGEX
 
 log = logging.getLogger(__name__)
-
-# Numbered-line answer (see prompts/*.txt and hierarcaps.parsing): what vLLM's structured outputs constrain to.
-# Three positive tiers, then a "Negative:" block of four; the caption itself is tier 4 and is never generated.
-LINE = r"[^\n|]{1,200}"
-STRUCTURED_REGEX = rf"1: {LINE}\n2: {LINE}\n3: {LINE}\nNegative:\n1: {LINE}\n2: {LINE}\n3: {LINE}\n4: {LINE}\n"
 
 
 class GeneratorError(RuntimeError):
@@ -51,6 +46,13 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
+def generator_id(cfg: GeneratorConfig) -> str:
+    """The model id rows and manifests record, known without loading the model."""
+    if cfg.backend == "transformers" and cfg.package:
+        return f"{cfg.model} ({cfg.gguf_file} from {cfg.package})"
+    return cfg.model
+
+
 def load_generator(cfg: GeneratorConfig) -> Generator:
     """The back-end `cfg.backend` names, loaded and ready."""
     if cfg.backend == "transformers":
@@ -65,14 +67,18 @@ def load_generator(cfg: GeneratorConfig) -> Generator:
 # ---------------------------------------------------------------- transformers
 
 
+CACHE_FORMAT = 2  # bump when what _cache_gguf writes changes, so stale caches are not reused
+
+
 def gguf_cache_dir(gguf: Path) -> Path:
     """Where the dequantized copy of `gguf` lives; the key changes when the file's path or size does."""
-    key = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{CACHE_FORMAT}:{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
     return cache_root() / "models" / f"{gguf.stem}-{key}"
 
 
-def _cache_gguf(gguf: Path, dtype) -> Path:
-    """Dequantize `gguf` once into a safetensors folder and return that folder."""
+def _cache_gguf(gguf: Path) -> Path:
+    """Dequantize `gguf` once into a float32 safetensors folder and return that folder."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = gguf_cache_dir(gguf)
@@ -80,10 +86,13 @@ def _cache_gguf(gguf: Path, dtype) -> Path:
         return target
     started = time.perf_counter()
     log.info("dequantizing %s (first load only; cached in %s)", gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The weights are plain tensors now; with the quantizer still attached save_pretrained refuses to save.
+    # The weights are plain tensors now. With the quantizer attached save_pretrained refuses to save, and with
+    # quantization_config left in config.json every later load would attach a GGUF quantizer again.
     model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
     try:
@@ -101,7 +110,9 @@ def _cache_gguf(gguf: Path, dtype) -> Path:
 
 
 class TransformersGenerator:
-    """Batched chat generation with `transformers` (left padding, stop strings, greedy or seeded sampling)."""
+    """Batched chat generation with `transformers` (left padding, stop strings, greedy or seeded sampling).
+
+    With `cfg.structured` the answer is forced into the numbered-line skeleton (engines/constrained.py)."""
 
     def __init__(self, cfg: GeneratorConfig):
         import torch
@@ -112,10 +123,10 @@ class TransformersGenerator:
         if cfg.package:
             if not cfg.gguf_file:
                 raise GeneratorError(f"generator package {cfg.package!r} needs gguf_file (the weights file inside it)")
-            source = str(_cache_gguf(packaged_path(cfg.package, cfg.gguf_file), dtype))
-            self.model_id = f"{cfg.model} ({cfg.gguf_file} from {cfg.package})"
+            source = str(_cache_gguf(packaged_path(cfg.package, cfg.gguf_file)))
         else:
-            source, self.model_id = cfg.model, cfg.model
+            source = cfg.model
+        self.model_id = generator_id(cfg)
         started = time.perf_counter()
         self.device = resolve_device(cfg.device)
         self.tokenizer = AutoTokenizer.from_pretrained(source)
@@ -150,6 +161,13 @@ class TransformersGenerator:
             texts = [self._chat(p) for p in prompts[lo : lo + size]]
             # The chat template already holds the special tokens; adding them again would double the BOS.
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            if self.cfg.structured:
+                from hierarcaps.engines.constrained import LineTemplate
+
+                prompt_length, rows = batch["input_ids"].shape[1], batch["input_ids"].shape[0]
+                options["logits_processor"] = [
+                    LineTemplate(self.tokenizer, LINE_PREFIXES, prompt_length, rows, growing=GROWING_LINES)
+                ]
             with torch.inference_mode():
                 generated = self.model.generate(**batch, **options)
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
