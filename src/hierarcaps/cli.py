@@ -14,6 +14,8 @@ from rich.logging import RichHandler
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build and validate HierarCaps-style caption hierarchies.")
 console = Console(stderr=True)
+# Tables go to stdout; when it is a pipe or a log file, don't squeeze them into 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 200)
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="offline | small | paper, or a .toml path")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: section.key=value (repeatable)")]
@@ -76,7 +78,7 @@ def build(
         manifests = _run_with_progress(pipeline.build, input=input, out=out, profile=profile, overrides=_overrides(set_), stages=chosen)
     except EXPECTED_ERRORS as err:
         _fail(err)
-    Console().print(summary.to_rich_table(summary.summary_rows(manifests, out)))
+    out_console.print(summary.to_rich_table(summary.summary_rows(manifests, out)))
     _print_notes(manifests)
 
 
@@ -101,7 +103,7 @@ def stage_cmd(
         manifest = _run_with_progress(pipeline.run_stage, name=name, run_dir=out, profile=profile, source=input, overrides=_overrides(set_))
     except EXPECTED_ERRORS as err:
         _fail(err)
-    Console().print(summary.to_rich_table(summary.summary_rows({name: manifest}, out)))
+    out_console.print(summary.to_rich_table(summary.summary_rows({name: manifest}, out)))
     _print_notes({name: manifest})
 
 
@@ -128,13 +130,156 @@ def show_config(profile: ProfileOpt = "offline", set_: SetOpt = None) -> None:
 
 # --- filter commands ---
 
+
+@app.command("filter")
+def filter_cmd(
+    input: Annotated[Path, typer.Option("--input", "-i", help="HierarCaps CSV (positive,negative,image_url or id,captions,image_url) or hierarchy parquet")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory, e.g. runs/refilter")],
+    profile: ProfileOpt = "offline",
+    set_: SetOpt = None,
+    write_csv: Annotated[Optional[Path], typer.Option("--write-csv", help="also write the accepted rows as an official HierarCaps CSV")] = None,
+) -> None:
+    """Re-filter existing HierarCaps data with this profile's checks and NLI model; print each check's accept rate."""
+    from rich.table import Table
+
+    from hierarcaps import inputs, summary
+    from hierarcaps.stages.filter import REPORT, accepted_rows, filter_file
+
+    try:
+        report = _run_with_progress(filter_file, input=input, out=out, profile=profile, overrides=_overrides(set_))
+        if write_csv is not None:
+            inputs.write_hierarchies_csv(accepted_rows(out), write_csv)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    table = Table(title=f"accept rate per check ({report['nli_model']})")
+    table.add_column("check", overflow="fold")
+    table.add_column("kind")
+    for column in ("checked", "passed", "accept rate"):
+        table.add_column(column, justify="right")
+    for check in report["checks"]:
+        rate = "-" if check["accept_rate"] is None else f"{check['accept_rate']:.1%}"
+        table.add_row(check["check"], check["kind"], str(check["checked"]), str(check["passed"]), rate)
+    Console().print(table)
+    Console().print(summary.to_rich_table(summary.summary_rows(report["manifests"], out), title="hierarcaps filter"))
+    console.print(f"report: {out / 'filter' / REPORT}" + (f"; accepted rows: {write_csv}" if write_csv else ""))
+    _print_notes(report["manifests"])
+
+
 # --- train-nli commands ---
+
+
+@app.command("train-nli")
+def train_nli_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="artifact folder (model.safetensors + card.json)")],
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="hierarcaps_coco_auto CSV (positive,negative,image_url); default ../shared/data/...")] = None,
+    seed: Annotated[int, typer.Option(help="seeds pair sampling, init and shuffling")] = 0,
+    max_hierarchies: Annotated[Optional[int], typer.Option("--max-hierarchies", help="only the first N rows of the data")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs (the best dev epoch is kept)")] = 8,
+    device: Annotated[str, typer.Option(help="cpu | cuda (bit-for-bit reproduction is for cpu)")] = "cpu",
+) -> None:
+    """Train the minilm-head NLI stand-in (a small distilled model, not MNLI); use it with --set filter.nli.model=OUT."""
+    from hierarcaps.nli.pairs import DEFAULT_DATA
+    from hierarcaps.nli.train import train_nli
+
+    try:
+        card = train_nli(data=data or DEFAULT_DATA, out=out, seed=seed, max_hierarchies=max_hierarchies, epochs=epochs, device=device)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    metrics, th = card["dev_metrics"], card["thresholds"]
+    console.print(f"[yellow]note:[/] {card['description']}")
+    for name, entry in metrics["per_type"].items():
+        console.print(f"  {name:>17} ({entry['label']}, n={entry['n']}): {entry['accuracy']:.3f}")
+    console.print(
+        f"dev pair accuracy {metrics['accuracy']:.4f}; temperature {card['temperature']}; thresholds entail {th['entail']} "
+        f"contradict {th['contradict']} (dev: originals kept {th['dev_originals_kept']:.1%}, semantic errors rejected "
+        f"{th['dev_semantic_rejected']:.1%}); {card['timing_s']['total']:.0f} s"
+    )
+    console.print(f"artifact: {out} (weights sha256 {card['weights_sha256'][:16]}...); use: --set filter.nli.model={out}")
 
 # --- validate commands ---
 
+
+@app.command("validate")
+def validate_cmd(
+    data: Annotated[str, typer.Option("--data", "-d", help="test-set folder (CSV + images/), a HierarCaps CSV, or a run dir")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="report folder (report.json, report.md, plots)")],
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="minilm | ARCH:TAG (open_clip) | ...; repeatable; default: the profile's")] = None,
+    profile: ProfileOpt = "offline",
+    set_: SetOpt = None,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", help="only the first N images (and their rows)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Score models on hierarchies (RE metrics, image retrieval) and write a report with plots."""
+    from hierarcaps.eval.validate import validate
+
+    try:
+        result = validate(data, out, profile=profile, overrides=_overrides(set_), models=model, device=device, max_images=max_images)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    for name, entry in result["models"].items():
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry.get("metrics", {}).items()) or f"failed: {entry.get('error')}"
+        console.print(f"[bold]{name}[/]: {metrics}")
+    console.print(f"report: {out / 'report.md'} ({result['seconds']:.0f} s)")
+
+
 # --- release commands ---
 
+
+@app.command("publish")
+def publish_cmd(
+    run: Annotated[Path, typer.Argument(help="run directory, e.g. runs/demo")],
+    to: Annotated[Path, typer.Option("--to", help="release folder to write (upload it as is)")],
+    stage: Annotated[str, typer.Option(help="stage whose shards are released")] = "filter",
+    include_rejects: Annotated[bool, typer.Option("--include-rejects", help="also release the rejects shards")] = False,
+    license: Annotated[str, typer.Option(help="license id for the dataset card")] = "cc-by-4.0",
+) -> None:
+    """Write a release: verified shards, manifest.json (sha256 per file), dataset card and HierarCaps CSV."""
+    from hierarcaps import release, shards
+
+    try:
+        out = release.publish(run, to, stage=stage, include_rejects=include_rejects, license=license)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    console.print(f"published {totals['rows']} rows in {totals['shards']} shard(s) to {out}")
+    console.print(f"manifest.json sha256 {shards.sha256_file(out / 'manifest.json')} (pin it with download --manifest-sha256)", soft_wrap=True)
+
+
+@app.command("download")
+def download_cmd(
+    source: Annotated[str, typer.Argument(help="release URL, local release folder, or Hugging Face dataset repo id")],
+    to: Annotated[Path, typer.Option("--to", help="folder to download into; a rerun resumes")],
+    workers: Annotated[int, typer.Option(min=1, help="files fetched in parallel")] = 4,
+    manifest_sha256: Annotated[Optional[str], typer.Option(help="refuse the release unless manifest.json has this sha256")] = None,
+) -> None:
+    """Fetch a release in parallel (resumable), verify every file's sha256 and size, refuse any mismatch."""
+    from hierarcaps import release
+
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the progress bar
+    try:
+        out = release.download(source, to, workers=workers, manifest_sha256=manifest_sha256)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    console.print(f"downloaded and verified {source} into {out}")
+
+
 # --- prefect commands ---
+
+
+@app.command()
+def serve(
+    name: Annotated[str, typer.Option("--name", help="which deployments of prefect.yaml to serve: offline | small | paper")] = "offline",
+    project_dir: Annotated[Path, typer.Option("--project-dir", help="the hierarcaps repo (holds prefect.yaml)")] = Path("."),
+) -> None:
+    """Serve prefect.yaml's deployments (e.g. build-hierarcaps/offline) from this process: no work pool or worker."""
+    from hierarcaps import orchestration
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+    try:
+        orchestration.serve(project_dir, name)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
 
 
 if __name__ == "__main__":
