@@ -31,6 +31,10 @@ from hierarcaps.stats import Stats
 
 log = logging.getLogger(__name__)
 
+# How long a worker waits for shards that other workers claimed before giving up (they may be on a dead host,
+# whose locks cannot be checked from here).
+HELD_WAIT_SECONDS = 6 * 3600.0
+
 
 class StageError(RuntimeError):
     """A stage cannot run: missing upstream output, missing optional dependency, bad input file."""
@@ -216,9 +220,20 @@ class Stage(ABC):
         tasks = self.plan()
         for task in tasks:
             self.run_shard(task)
-        manifest = self.finalize(tasks)
-        if manifest is None:
-            raise StageError(f"{self.name}: some shards are held by other workers; rerun to finish them")
+        return self.finalize(tasks) or self.wait_for_held(tasks)
+
+    def wait_for_held(self, tasks: list[ShardTask], timeout: float = HELD_WAIT_SECONDS, poll: float = 5.0) -> dict:
+        """Finalize once the shards other workers claimed are done (N workers on one run dir all end with the
+        manifest); each poll retries the claims, so a shard whose worker died (stale lock) is taken over."""
+        deadline = time.monotonic() + timeout
+        while (manifest := self.finalize(tasks)) is None:
+            if time.monotonic() > deadline:
+                raise StageError(f"{self.name}: shards still held by other workers after {timeout:.0f} s; rerun to finish them")
+            pending = [t for t in tasks if not shards.shard_is_done(self.dir, t.index, self.fingerprint())]
+            log.info("%s: waiting for %d shard(s) held by other workers", self.name, len(pending))
+            time.sleep(poll)
+            for task in pending:
+                self.run_shard(task)  # done meanwhile -> skipped; stale lock -> taken over; live holder -> None
         return manifest
 
     def total_rows(self) -> int:
