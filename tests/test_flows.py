@@ -302,3 +302,16 @@ def test_validate_flow_writes_the_report_and_publishes_it(harness, flows, shared
             return arts[-1].data
 
     assert asyncio.run(latest()) == (out / "report.md").read_text()
+
+
+def test_train_nli_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_path):
+    from prefect.flows import load_flow_from_entrypoint
+
+    import hierarcaps.nli.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "train_nli", lambda **kwargs: calls.append(kwargs) or {"ok": True})
+    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "nli.py:train_nli_flow"))
+    assert flow.name == "train-nli"
+    assert flow.fn(out=str(tmp_path / "nli"), seed=3, max_hierarchies=10) == {"ok": True}
+    assert calls[0]["out"] == tmp_path / "nli" and calls[0]["seed"] == 3 and calls[0]["max_hierarchies"] == 10
