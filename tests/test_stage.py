@@ -146,3 +146,15 @@ def test_write_table_is_atomic_on_failure(tmp_path, monkeypatch):
         shards.write_table(pa.table({"a": [2]}), target)
     assert target.read_bytes() == before
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_checks_reject_format_leaks_but_not_times_of_day():
+    from hierarcaps.checks import check_hierarchy
+    from hierarcaps.config import ChecksConfig
+
+    positive = ["clock", "a tower clock", "a tower clock showing 4:30", "A tower clock showing 4:30 in the afternoon."]
+    assert check_hierarchy(positive, None, positive[-1], ChecksConfig()) is None
+    negative = ["watch", "a tower clock at night", "a tower clock 4: a tower clock at night", "A wall clock in a kitchen."]
+    assert check_hierarchy(positive, negative, positive[-1], ChecksConfig())[0] == "negative_format_leak"
+    leaked = [*positive[:2], "a tower clock => a clock", positive[3]]
+    assert check_hierarchy(leaked, None, None, ChecksConfig())[0] == "positive_format_leak"

@@ -13,6 +13,9 @@ from hierarcaps.config import ChecksConfig
 from hierarcaps.schema import TIERS
 
 _WORD = re.compile(r"[a-z0-9]+")
+# Leftovers of the generation formats inside one tier ("... 4: woman in a red coat", "a => b"): a model ran on past
+# its line. "4:30" in a caption has no space after the colon, so it is not caught.
+_MARKUP = re.compile(r"(^|\s)(negative\s*)?[1-4]\s*:\s|=>", re.IGNORECASE)
 
 
 def normalize(text: str) -> str:
@@ -29,6 +32,8 @@ def check_tiers(tiers: list[str] | None, label: str, cfg: ChecksConfig) -> tuple
     for i, tier in enumerate(tiers, start=1):
         if not tier or not normalize(tier):
             return f"{label}_empty_tier", f"{label} tier {i} is empty"
+        if _MARKUP.search(tier):
+            return f"{label}_format_leak", f"{label} tier {i} contains generation-format markup: {tier!r}"
         if words(tier) > cfg.max_tier_words:
             return f"{label}_tier_too_long", f"{label} tier {i} has {words(tier)} words (max {cfg.max_tier_words})"
     normalized = [normalize(t) for t in tiers]
@@ -60,6 +65,8 @@ def check_hierarchy(
     if len(negative) != TIERS or any(not normalize(t) for t in negative):
         return "negative_malformed", f"negative must have {TIERS} non-empty tiers"
     for i, (pos, neg) in enumerate(zip(positive, negative), start=1):
+        if _MARKUP.search(neg):
+            return "negative_format_leak", f"negative tier {i} contains generation-format markup: {neg!r}"
         if normalize(pos) == normalize(neg):
             return "negative_copies_positive", f"negative tier {i} equals positive tier {i}: {neg!r}"
     return None
