@@ -26,8 +26,8 @@ TINY = {
     "seed.limit": 4,
     "augment.limit": 4,
     "augment.k": 2,
-    "distill.max_steps": 40,
-    "distill.checkpoint_every": 20,
+    "distill.max_steps": 200,
+    "distill.checkpoint_every": 100,
 }
 
 
@@ -65,9 +65,11 @@ def test_every_stage_accounts_for_every_row(tmp_path, sample_captions):
     # generate runs on every accepted input caption; the filter sees every generated row
     assert manifests["generate"]["stats"]["rows_in"] == manifests["input"]["stats"]["rows_out"]
     assert manifests["filter"]["stats"]["rows_in"] == manifests["generate"]["stats"]["rows_out"]
-    filtered = pa.concat_tables([pq.read_table(p) for p in shards.output_shards(run / "filter")])
+    # whatever the (tiny, weak) student wrote keeps its source caption as tier 4, through generate and filter
     captions = set(pq.read_table(source)["caption"].to_pylist())
-    assert all(p[-1] in captions for p in filtered["positive"].to_pylist())
+    for stage in ("seed", "augment", "generate", "filter"):
+        for path in shards.output_shards(run / stage):
+            assert all(p[-1] in captions for p in pq.read_table(path)["positive"].to_pylist()), stage
     # a second build is a no-op: every stage is reported as cached
     again = pipeline.build(source, run, "offline", TINY)
     assert all(m.get("skipped") for m in again.values())

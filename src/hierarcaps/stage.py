@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from hierarcaps import __version__, schema, shards
 from hierarcaps.config import Profile, Section
-from hierarcaps.stats import Stats
+from hierarcaps.stats import ROWS_IN, ROWS_OUT, ROWS_REJECTED, Stats
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Stage(ABC):
         markers = [shards.read_done(self.dir, t.index) for t in tasks]
         if any(m is None or m.get("fingerprint") != fingerprint for m in markers):
             return None
-        total = Stats()
+        total = Stats({ROWS_IN: 0, ROWS_OUT: 0, ROWS_REJECTED: 0})  # present even when the stage had no rows
         for marker in markers:
             total += Stats.from_dict(marker["stats"])
         manifest = {
