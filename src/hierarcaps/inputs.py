@@ -139,10 +139,7 @@ def load_hierarchies(path: str | Path) -> tuple[pa.Table, pa.Table]:
     """Read the official HierarCaps CSV (`positive,negative,image_url` or `id,captions,image_url`) or a
     hierarchy parquet shard, as schema.HIERARCHIES rows plus rejects for rows that are not 4 tiers."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        table = read_records(path)
-    else:
-        table = read_records(path)
+    table = read_records(path)
     if not table:
         raise InputError(f"{path}: no data rows")
     columns = set(table[0])
