@@ -28,16 +28,13 @@ from hierarcaps.config import GeneratorConfig
 from hierarcaps.engines.base import Generator
 from hierarcaps.engines.embed import packaged_path, resolve_device
 from hierarcaps.parsing import GROWING_LINES, LINE_PREFIXES, STRUCTURED_REGEX
+from hierarcaps.cache import cache_root
 
 log = logging.getLogger(__name__)
 
 
 class GeneratorError(RuntimeError):
     """A generation back-end cannot be built or a server keeps failing."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HIERARCAPS_CACHE", "~/.cache/hierarcaps")).expanduser()
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from hierarcaps.engines.embed import packaged_path, resolve_device
+from hierarcaps.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ CACHE_VERSION = 1  # part of the cache key: bump it when preprocessing or token 
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("HIERARCAPS_CACHE", Path.home() / ".cache" / "hierarcaps")) / "image_tokens"
+    return cache_root() / "image_tokens"
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 from hierarcaps.config import ValidateConfig
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.eval import srsm
-from hierarcaps.eval.image_tokens import EFFICIENTNET, encode_image_tokens
+from hierarcaps.eval.image_tokens import encode_image_tokens
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,6 @@ MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 CACHE_VERSION = "canon-b8"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("HIERARCAPS_CACHE", Path.home() / ".cache" / "hierarcaps"))
-
-
 def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()[:16]
 

@@ -22,7 +22,8 @@ from scipy.optimize import minimize_scalar
 
 from hierarcaps.engines.base import NLI_LABELS
 from hierarcaps.nli import corrupt, pairs as P
-from hierarcaps.nli.encode import CACHE_VERSION, EmbeddingCache, cache_root, load_encoder
+from hierarcaps.cache import cache_root
+from hierarcaps.nli.encode import CACHE_VERSION, EmbeddingCache, load_encoder
 from hierarcaps.nli.model import DESCRIPTION, Head, head_logits, save_artifact, softmax
 
 log = logging.getLogger(__name__)
