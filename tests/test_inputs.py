@@ -86,3 +86,30 @@ def test_hierarchy_rows_with_wrong_tier_count_are_rejected(tmp_path):
     table, rejects = inputs.load_hierarchies(path)
     assert table.num_rows == 1 and rejects["reason"].to_pylist() == ["not_4_tiers"]
     assert table["negative"].to_pylist() == [["e", "f", "g", "h"]]
+
+
+def test_hub_style_source_goes_through_datasets(tmp_path):
+    """`hf:<dataset>:<split>` is how the paper profile reads Conceptual Captions; a local dataset folder stands in."""
+    folder = tmp_path / "cc"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"caption": ["a dog runs", "a cat sleeps", ""], "image_url": ["u1", "u2", "u3"]}),
+                   folder / "data" / "train-00000-of-00001.parquet")
+    captions, rejects = inputs.load_captions(f"hf:{folder}:train")
+    assert captions["caption"].to_pylist() == ["a dog runs", "a cat sleeps"]
+    assert captions["image_url"].to_pylist() == ["u1", "u2"]
+    assert rejects["reason"].to_pylist() == ["empty"]
+    with pytest.raises(inputs.InputError, match="cannot load the dataset"):
+        inputs.load_captions(f"hf:{tmp_path / 'missing'}:train")
+
+
+def test_build_input_stage_from_a_hub_style_source(tmp_path):
+    from hierarcaps import pipeline
+    from hierarcaps.config import load_profile
+
+    folder = tmp_path / "cc"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"caption": [f"caption number {i}" for i in range(7)]}), folder / "data" / "train-00000-of-00001.parquet")
+    profile = load_profile("offline", {"input.rows_per_shard": 3})
+    manifest = pipeline.run_stage("input", tmp_path / "run", profile, source=f"hf:{folder}:train")
+    assert manifest["stats"]["rows_out"] == 7 and len([s for s in manifest["shards"] if s["kind"] == "part"]) == 3
+    assert pipeline.run_stage("input", tmp_path / "run", profile, source=f"hf:{folder}:train").get("skipped")

@@ -20,6 +20,24 @@ import pyarrow.parquet as pq
 from hierarcaps import schema
 
 CAPTION_FORMATS = (".parquet", ".csv", ".jsonl", ".json", ".csv.gz", ".jsonl.gz")
+# `hf:<dataset>[:<split>]` reads a dataset through `datasets.load_dataset` (the paper profile's Conceptual Captions:
+# `hf:google-research-datasets/conceptual_captions:train`); <dataset> may also be a local dataset folder.
+HUB_PREFIX = "hf:"
+
+
+def is_hub_source(source: str | Path) -> bool:
+    return str(source).startswith(HUB_PREFIX)
+
+
+def _read_hub(source: str) -> list[dict]:
+    name, _, split = source[len(HUB_PREFIX):].partition(":")
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(name, split=split or "train")
+    except Exception as err:  # datasets raises many kinds (missing, offline, bad split): all mean "cannot read it"
+        raise InputError(f"{source}: cannot load the dataset {name!r} (split {split or 'train'!r}): {err}") from None
+    return dataset.to_list()
 
 
 class InputError(ValueError):
@@ -45,7 +63,9 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """Every data row of a CSV / JSONL / parquet file as a dict (parquet binary values stay bytes)."""
+    """Every data row of a CSV / JSONL / parquet file (or an `hf:` dataset) as a dict (parquet binary stays bytes)."""
+    if is_hub_source(path):
+        return _read_hub(str(path))
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -109,7 +129,7 @@ def load_captions(
     path: str | Path, column: str = "caption", max_chars: int = 1000, dedupe: bool = True
 ) -> tuple[pa.Table, pa.Table]:
     """(captions in schema.CAPTIONS, rejects in schema.REJECTS); len(both) == data rows of the file."""
-    path = Path(path)
+    path = str(path) if is_hub_source(path) else Path(path)
     records = read_records(path)
     if not records:
         raise InputError(f"{path}: no data rows")

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hierarcaps import schema, shards
-from hierarcaps.inputs import load_captions
+from hierarcaps.inputs import is_hub_source, load_captions
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
 from hierarcaps.stats import Stats
 
@@ -20,7 +20,7 @@ class IngestStage(Stage):
 
     def __init__(self, profile, run_dir, source: str | Path):
         super().__init__(profile, run_dir)
-        self.source = Path(source)
+        self.source = source if is_hub_source(source) else Path(source)
 
     @cached_property
     def loaded(self) -> tuple[pa.Table, pa.Table, int]:
@@ -29,6 +29,9 @@ class IngestStage(Stage):
         return captions, rejects, captions.num_rows + rejects.num_rows
 
     def fingerprint_parts(self) -> dict:
+        if is_hub_source(self.source):
+            # a hub dataset has no file to hash here: its name and the rows read stand for it
+            return {"source": str(self.source), "source_sha256": shards.sha256_text(str(self.source)), "source_rows": self.loaded[2]}
         return {"source": str(self.source), "source_sha256": shards.sha256_file(self.source)}
 
     def plan(self) -> list[ShardTask]:
