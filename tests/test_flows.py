@@ -182,6 +182,14 @@ def test_cache_key_changes_with_config_prompt_and_input_bytes_only(tmp_path):
     assert _key(PromptStage(load_profile("offline", {"seed.limit": 2}), tmp_path), task) != base
 
 
+def test_cache_key_of_a_hub_source_needs_no_local_file(tmp_path):
+    task = ShardTask("input", 0, ("hf:google-research-datasets/conceptual_captions:train",), 0, 1000)
+    stage = PromptStage(load_profile("offline"), tmp_path)
+    key = _key(stage, task)
+    assert key == _key(stage, task)
+    assert key != _key(stage, ShardTask("input", 0, ("hf:google-research-datasets/conceptual_captions:validation",), 0, 1000))
+
+
 def test_task_runner_comes_from_config():
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 

@@ -30,6 +30,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from hierarcaps import pipeline, shards, summary
 from hierarcaps.config import Profile, RunnerConfig, parse_override
+from hierarcaps.inputs import is_hub_source
 from hierarcaps.stage import ShardTask, Stage, StageError
 
 RESULTS_DIR = ".prefect-results"  # persisted task results live in the run dir, shared by every worker that sees it
@@ -106,7 +107,8 @@ def shard_cache_key(context: Any, parameters: dict[str, Any]) -> str:
         "stage": parameters["spec"]["stage"],
         "fingerprint": parameters["fingerprint"],
         "task": {k: shard[k] for k in ("index", "start", "stop")},
-        "inputs": [file_sha256(p) for p in shard["inputs"]],
+        # an `hf:` dataset is no local file: the input stage's fingerprint already records it
+        "inputs": [shards.sha256_text(p) if is_hub_source(p) else file_sha256(p) for p in shard["inputs"]],
     }
     return f"hierarcaps-{parts['stage']}-{shard['index']:05d}-" + shards.sha256_text(json.dumps(parts, sort_keys=True))
 
