@@ -80,7 +80,8 @@ def test_generate_on_real_student_accounts_for_every_caption(run):
 
 
 def test_sampling_is_seeded_per_row_whatever_the_batch(run):
-    from hierarcaps.engines.seq2seq import load_student, student_generate, torch_threads
+    from hierarcaps.engines.runtime import torch_threads
+    from hierarcaps.engines.seq2seq import load_student, student_generate
 
     model, tokenizer = load_student(run / "distill" / "model")
     sources = ["g2s:", "g2s: animal", "g2s: animal => dog"]

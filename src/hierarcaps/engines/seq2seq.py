@@ -133,21 +133,6 @@ def load_student(directory: str | Path, device: str = "cpu"):
     return model, tokenizer
 
 
-@contextmanager
-def torch_threads(n: int | None):
-    """Run a block with `n` intra-op threads (None: leave as is), then restore.
-
-    Why: a tiny T5's ops are too small to split; with 2 threads on a shared 2-core CPU, OpenMP workers spin and
-    wait on each other. Measured under load here: one training step 3.9 s with 2 threads vs 0.26 s with 1."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def student_threads(cfg: StudentConfig, device: str) -> int | None:
     """1 thread for a scratch student on CPU (see `torch_threads`), else torch's default."""
     return 1 if device == "cpu" and not cfg.pretrained else None

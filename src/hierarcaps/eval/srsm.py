@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from hierarcaps.eval import assignment
+from hierarcaps.engines.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -166,22 +167,6 @@ def _run_unit(x, tiles, methods, orders, k, workers) -> tuple[np.ndarray, np.nda
     return ii.numpy(), jj.numpy(), values, seconds
 
 
-class _torch_threads:
-    """Run torch ops with one intra-op thread inside this block, and restore the setting after. The CPU path
-    parallelises over units of work in Python threads instead (torch and scipy release the GIL): on a busy
-    machine, OpenMP's synchronised threads slowed a batched GEMM 3-7x, independent units do not."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __enter__(self):
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(self.count)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.saved)
-
-
 def matching_scores(
     tokens,
     methods: Sequence[str] = ("exact",),
@@ -209,7 +194,7 @@ def matching_scores(
         if on_cpu and workers > 1 and len(groups) > 1:
             # each unit solves its own pairs on one core (workers=1 inside), units spread over the cores
             pool = assignment._pool(workers)
-            with _torch_threads(1):
+            with torch_threads(1):
                 results = list(pool.map(lambda tiles: _run_unit(x, tiles, methods, orders, k, 1), groups))
         else:  # one core, or a GPU: units in turn; the scipy parts still use `workers` threads
             results = (_run_unit(x, tiles, methods, orders, k, workers) for tiles in groups)

@@ -23,6 +23,7 @@ from scipy.optimize import minimize_scalar
 from hierarcaps.engines.base import NLI_LABELS
 from hierarcaps.nli import corrupt, pairs as P
 from hierarcaps.cache import cache_root
+from hierarcaps.engines.runtime import torch_threads
 from hierarcaps.nli.encode import CACHE_VERSION, EmbeddingCache, load_encoder
 from hierarcaps.nli.model import DESCRIPTION, Head, head_logits, save_artifact, softmax
 
@@ -90,14 +91,13 @@ def train_nli(
 
     `threads` fixes torch's CPU threads for the run (restored afterwards): float sums in the head's matrix products
     may depend on the thread count, and on a loaded 2-core machine one thread was also ~3x faster than two."""
-    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(data, out, seed, max_hierarchies, epochs, hidden, dropout, batch_size, lr, weight_decay, augment, device, cache_dir)
+        with torch_threads(threads):
+            return _train(data, out, seed, max_hierarchies, epochs, hidden, dropout, batch_size, lr, weight_decay, augment, device, cache_dir)
     finally:
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _train(data, out, seed, max_hierarchies, epochs, hidden, dropout, batch_size, lr, weight_decay, augment, device, cache_dir) -> dict:

@@ -124,7 +124,8 @@ class DistillStage(Stage):
         return {"student": self.student_id()}
 
     def process(self, task: ShardTask) -> ShardOutput:
-        from hierarcaps.engines.seq2seq import build_student, save_student, student_threads, torch_threads
+        from hierarcaps.engines.runtime import torch_threads
+        from hierarcaps.engines.seq2seq import build_student, save_student, student_threads
         from hierarcaps.engines.seq2seq_train import train_student
 
         # each row remembers its shard and row number, so a reject says where it came from

@@ -102,7 +102,8 @@ class GenerateStage(Stage):
         )
 
     def process(self, task: ShardTask) -> ShardOutput:
-        from hierarcaps.engines.seq2seq import student_threads, torch_threads
+        from hierarcaps.engines.runtime import torch_threads
+        from hierarcaps.engines.seq2seq import student_threads
 
         rows = read_task_rows(task).to_pylist()
         out, rejects, stats = [], [], Stats()
