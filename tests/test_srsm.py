@@ -119,6 +119,20 @@ def test_topk_greedy_with_k_equal_to_t_and_batch_optimal_with_one_window_are_exa
     np.testing.assert_allclose(scores["batch-optimal"], scores["exact"], atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batched_solvers_match_scipy_per_matrix_including_a_short_last_window(dtype):
+    rng = np.random.default_rng(3)
+    blocks = np.concatenate([rng.standard_normal((20, 11, 11)), rng.integers(0, 3, (20, 11, 11))]).astype(dtype)
+    best = [linear_sum_assignment(b.astype(np.float64), maximize=True) for b in blocks]
+    expected = [b.astype(np.float64)[rows, cols].sum() for b, (rows, cols) in zip(blocks, best)]
+    np.testing.assert_allclose(assignment.exact_scores(blocks, workers=2), expected, rtol=1e-12, atol=1e-9)
+    windows = []  # windows of 4, 4 and 3 along the diagonal
+    for b in blocks.astype(np.float64):
+        windows.append(sum(w[linear_sum_assignment(w, maximize=True)].sum()
+                           for w in (b[s:s + 4, s:s + 4] for s in range(0, 11, 4))))
+    np.testing.assert_allclose(assignment.window_scores(blocks, 4, workers=1), windows, rtol=1e-12, atol=1e-9)
+
+
 def test_auction_is_epsilon_optimal_on_cpu_tensors():
     gen = torch.Generator().manual_seed(0)
     blocks = torch.randn(40, 12, 12, generator=gen, dtype=torch.float64)

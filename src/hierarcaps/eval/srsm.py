@@ -17,11 +17,11 @@ best free column), `topk-greedy` (exact on the k highest-norm tokens of each ima
 How it runs: the token inner products of all image pairs come from large GEMMs over tiles of images, only for
 the upper triangle (i < j: the matrix is symmetric, and the approximate methods are defined with the lower
 index as rows). On the CPU, units of work (a few tiles: their GEMMs, then every requested method on their pairs)
-run on one thread per core, torch with one intra-op thread each; torch's GEMM and scipy's solver release the
+run on one thread per core, torch with one intra-op thread each; torch's GEMM and the JV solver release the
 GIL, so threads need no fork and no copies (a spawn process pool measured slower: start-up of 9-10 s and the
 blocks pickled across). Self-pairs are not matched: the identity permutation is optimal for X against itself,
 so the diagonal is ||X||_F^2 for every method. On `cuda` the GEMMs, `greedy` and `auction` run on the GPU in
-large batches; the scipy parts (`exact`, and the exact pieces of `topk-greedy` / `batch-optimal`) copy their
+large batches; the solver parts (`exact`, and the exact pieces of `topk-greedy` / `batch-optimal`) copy their
 blocks to the CPU and solve them on threads.
 """
 
@@ -196,7 +196,7 @@ def matching_scores(
             pool = assignment._pool(workers)
             with torch_threads(1):
                 results = list(pool.map(lambda tiles: _run_unit(x, tiles, methods, orders, k, 1), groups))
-        else:  # one core, or a GPU: units in turn; the scipy parts still use `workers` threads
+        else:  # one core, or a GPU: units in turn; the solver parts still use `workers` threads
             results = (_run_unit(x, tiles, methods, orders, k, workers) for tiles in groups)
         for done, (ii, jj, values, spent) in enumerate(results, 1):
             if len(groups) >= 20 and done % (len(groups) // 10) == 0:
