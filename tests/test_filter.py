@@ -171,10 +171,33 @@ def test_thresholds_come_from_config_or_the_model_card(tmp_path, case):
     assert report["accepted"] == 0 and report["thresholds"]["entail"] == 0.95
     card = FakeNLI(case[1].special, thresholds={"entail": 0.95, "contradict": 0.3})
     report = filter_file(source, tmp_path / "card", load_profile("offline"), nli=card)
-    assert report["accepted"] == 0 and report["thresholds"] == {"entail": 0.95, "contradict": 0.3}
+    assert report["accepted"] == 0 and report["thresholds"] == {"entail": 0.95, "contradict": 0.3, "joint": None}
     ignored = load_profile("offline", {"filter.nli.use_card_thresholds": False})
     report = filter_file(source, tmp_path / "ignored", ignored, nli=FakeNLI(case[1].special, thresholds={"entail": 0.95}))
-    assert report["accepted"] == 4 and report["thresholds"] == {"entail": 0.5, "contradict": 0.5}
+    assert report["accepted"] == 4 and report["thresholds"] == {"entail": 0.5, "contradict": 0.5, "joint": None}
+
+
+def test_joint_rule_rejects_rows_whose_pairs_are_all_barely_passing(tmp_path):
+    """Every pair of `weak` clears the per-pair thresholds, but their geometric mean is 0.55 < 0.7."""
+    barely = (0.55, 0.3, 0.15)
+    good, weak = hierarchy("good"), hierarchy("weak")
+    special = {**contradictions(*good), **{pair: barely[::-1] for pair in contradictions(*weak)}}
+    special.update({(p, h): barely for _, _, p, h in rule_pairs(*weak) if (p, h) not in special})
+    special[(weak[0][3], weak[0][2])] = (0.52, 0.3, 0.18)  # the weakest pair, named in the reject
+    source = write_csv(tmp_path / "joint.csv", [good, weak])
+    joint = round(float(np.log(0.7)), 4)
+    cards = {"card": FakeNLI(special, thresholds={"entail": 0.5, "contradict": 0.5, "joint": joint}), "none": FakeNLI(special)}
+    report = filter_file(source, tmp_path / "card", load_profile("offline"), nli=cards["card"])
+    assert report["accepted"] == 1 and report["thresholds"]["joint"] == joint
+    (reject,) = pq.read_table(tmp_path / "card" / "filter" / "rejects-00000.parquet").to_pylist()
+    detail = json.loads(reject["detail"])
+    assert reject["reason"] == "nli_joint_too_weak" and reject["caption"] == weak[0][3]
+    assert detail["geometric_mean"] == pytest.approx(0.55, abs=0.01) and detail["threshold"] == joint
+    assert (detail["weakest_pair"]["premise"], detail["weakest_pair"]["hypothesis"]) == (weak[0][3], weak[0][2])
+    rates = {c["check"]: c for c in report["checks"]}
+    assert (rates["nli_joint"]["checked"], rates["nli_joint"]["passed"]) == (2, 1)
+    # the same rows without a joint threshold: both pass the per-pair rules
+    assert filter_file(source, tmp_path / "none", load_profile("offline"), nli=cards["none"])["accepted"] == 2
 
 
 def test_rule_pairs_follow_the_tier_structure():

@@ -39,7 +39,7 @@ def _card() -> dict:
     return {
         "architecture": {"dim": HashEncoder.dim, "hidden": [8], "dropout": 0.0},
         "temperature": 1.7,
-        "thresholds": {"entail": 0.3, "contradict": 0.4},
+        "thresholds": {"entail": 0.3, "contradict": 0.4, "joint": -0.5},
         "encoder": "hash",
     }
 
@@ -131,10 +131,33 @@ def test_tier3_swap_breaks_only_the_caption_step():
 
 def test_choose_thresholds_keeps_the_originals():
     kinds = ["original"] * 10 + ["tier3_swap"] * 10
-    scores = np.array([[0.9, 0.8]] * 9 + [[0.35, 0.8]] + [[0.2, 0.8]] * 10)
-    chosen = corrupt.choose_thresholds(kinds, scores, np.ones(20, bool), min_kept=0.9)
-    assert chosen["dev_originals_kept"] >= 0.9 and chosen["dev_semantic_rejected"] == 1.0
-    assert 0.2 < chosen["entail"] <= 0.9
+    scores = np.array([[0.9, 0.8, -0.2]] * 9 + [[0.35, 0.8, -0.6]] + [[0.2, 0.8, -0.9]] * 10)
+    for joint in (False, True):
+        chosen = corrupt.choose_thresholds(kinds, scores, np.ones(20, bool), min_kept=0.9, joint=joint)
+        assert chosen["dev_originals_kept"] >= 0.9 and chosen["dev_semantic_rejected"] == 1.0
+        if joint:
+            assert -0.9 < chosen["joint"] <= -0.2 and chosen["entail"] == chosen["contradict"] == 0.0
+        else:
+            assert 0.2 < chosen["entail"] <= 0.9 and chosen["joint"] is None
+
+
+def test_joint_rule_adds_up_the_evidence_of_all_pairs():
+    # one bad pair among strong ones passes; several middling pairs fail, though each beats the weakest link
+    rows = [corrupt.Case("original", 0, POS[3], POS, NEG), corrupt.Case("original", 1, POS[3], POS, NEG)]
+    strong, one_bad = np.tile([0.95, 0.02, 0.03], (10, 1)), np.tile([0.95, 0.02, 0.03], (10, 1))
+    one_bad[0] = [0.1, 0.8, 0.1]
+    middling = np.tile([0.4, 0.2, 0.4], (10, 1))
+    checks = corrupt.nli_checks(POS, NEG)
+    for probs in (strong, one_bad, middling):  # contradiction checks need the contradiction column high
+        for k, check in enumerate(checks):
+            if check.expect == "contradict":
+                probs[k] = probs[k][::-1]
+    batches = iter([np.concatenate([one_bad, middling])])
+    scores = corrupt.row_scores(rows, lambda pairs: next(batches))
+    assert scores[0, 0] < scores[1, 0]  # the weakest link prefers the middling row ...
+    assert scores[0, 2] > scores[1, 2] > np.log(0.1)  # ... the joint score the row with one bad pair
+    keep = corrupt.accepted(scores, {"entail": 0.0, "contradict": 0.0, "joint": float(np.log(0.6))}, np.ones(2, bool))
+    assert keep.tolist() == [True, False]
 
 
 def test_embedding_cache_encodes_each_text_once_and_persists(tmp_path):
@@ -157,7 +180,7 @@ def test_protocol_and_save_load_round_trip(tmp_path):
     probs = model.predict(pairs)
     assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1.0) and (probs >= 0).all()
     assert np.array_equal(probs[0], probs[3]) and model.predict([]).shape == (0, 3)
-    assert "NOT an MNLI" in model.description and model.thresholds == {"entail": 0.3, "contradict": 0.4}
+    assert "NOT an MNLI" in model.description and model.thresholds == {"entail": 0.3, "contradict": 0.4, "joint": -0.5}
     card = save_artifact(head, _card(), tmp_path / "art")
     loaded = load_artifact(tmp_path / "art", cache=EmbeddingCache(HashEncoder()))
     assert np.array_equal(loaded.predict(pairs), probs)

@@ -191,7 +191,7 @@ def train_nli_cmd(
         console.print(f"  {name:>17} ({entry['label']}, n={entry['n']}): {entry['accuracy']:.3f}")
     console.print(
         f"dev pair accuracy {metrics['accuracy']:.4f}; temperature {card['temperature']}; thresholds entail {th['entail']} "
-        f"contradict {th['contradict']} (dev: originals kept {th['dev_originals_kept']:.1%}, semantic errors rejected "
+        f"contradict {th['contradict']} joint {th.get('joint')} (dev: originals kept {th['dev_originals_kept']:.1%}, semantic errors rejected "
         f"{th['dev_semantic_rejected']:.1%}); {card['timing_s']['total']:.0f} s"
     )
     console.print(f"artifact: {out} (weights sha256 {card['weights_sha256'][:16]}...); use: --set filter.nli.model={out}")

@@ -131,7 +131,10 @@ class NLIConfig(Section):
     device: str = "auto"
     entail_threshold: float = Field(0.5, ge=0.0, le=1.0)
     contradict_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    use_card_thresholds: bool = True  # minilm-head: take the thresholds chosen on its dev split
+    # Joint rule: a row also needs the mean over its pairs of log P(required label) >= this (the log of their
+    # geometric mean; e.g. -0.69 = geometric mean 0.5). None: no joint rule (the paper's per-pair rule alone).
+    joint_threshold: float | None = Field(None, le=0.0)
+    use_card_thresholds: bool = True  # minilm-head: take the thresholds chosen on its dev split (all three)
 
 
 class FilterConfig(Section):

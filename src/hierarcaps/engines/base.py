@@ -9,6 +9,18 @@ import numpy as np
 # Column order of every NLI probability array.
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
 NLI_LABELS = ("entailment", "neutral", "contradiction")
+LOG_PROB_FLOOR = 1e-12  # a probability of 0 counts as this in mean_log_prob, so one pair cannot make it -inf
+
+
+def mean_log_prob(required: Sequence[float] | np.ndarray, axis: int = -1) -> np.ndarray | float:
+    """Mean log-probability of the label each pair of a row needs: the log of their geometric mean.
+
+    The filter's joint rule. A weakest-link rule (every pair above one threshold) has to set its threshold
+    below the worst pair of almost every good row, and uncurated rows nearly always have one weak pair; the mean
+    adds up the evidence of all pairs, so a row with several doubtful pairs fails while one noisy pair does not
+    sink a row that is otherwise clearly right."""
+    values = np.log(np.clip(np.asarray(required, dtype=np.float64), LOG_PROB_FLOOR, 1.0))
+    return values.mean(axis=axis)
 
 
 class Generator(Protocol):

@@ -76,7 +76,9 @@ class MiniLMHeadNLI:
         self.card = card
         self.device = device
         self.temperature = float(card["temperature"])
-        self.thresholds = {k: float(card["thresholds"][k]) for k in ("entail", "contradict")}
+        chosen = card["thresholds"]
+        self.thresholds = {k: float(chosen[k]) for k in ("entail", "contradict")}
+        self.thresholds["joint"] = None if chosen.get("joint") is None else float(chosen["joint"])
         self.model_id = f"hierarcaps/minilm-head@{card.get('weights_sha256', 'untrained')[:12]}"
         self.description = DESCRIPTION
         self.cache = cache

@@ -162,7 +162,7 @@ def _train(data, out, seed, max_hierarchies, epochs, hidden, dropout, batch_size
         h = np.array([row[b] for _, b in pair_list])
         return softmax(head_logits(head, vectors, p, h).astype(np.float64), temperature)
 
-    scores = corrupt.min_scores(dev_cases, predict)
+    scores = corrupt.row_scores(dev_cases, predict)
     structural_ok = np.array([corrupt.structural_failure(c) is None for c in dev_cases])
     thresholds = corrupt.choose_thresholds([c.kind for c in dev_cases], scores, structural_ok)
 
@@ -191,5 +191,5 @@ def _train(data, out, seed, max_hierarchies, epochs, hidden, dropout, batch_size
         "reproduce": command + "  # same weights bit for bit on the same machine, torch build and thread count",
     }
     card = save_artifact(head, card, out)
-    log.info("dev accuracy %.4f (T=%.3f), thresholds entail %.2f contradict %.2f -> %s", card["dev_metrics"]["accuracy"], temperature, thresholds["entail"], thresholds["contradict"], out)
+    log.info("dev accuracy %.4f (T=%.3f), thresholds %s -> %s", card["dev_metrics"]["accuracy"], temperature, {k: thresholds[k] for k in ("entail", "contradict", "joint")}, out)
     return card

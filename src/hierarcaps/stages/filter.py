@@ -4,9 +4,12 @@ Rules, for a positive hierarchy p (tier 1 generic .. tier 4 = caption) and an op
 - `nli_positive_entails`:          p[i+1] entails p[i]          (i = 1..3)
 - `nli_negative_contradicts`:      n[i] contradicts p[i]        (premise p[i], hypothesis n[i]; i = 1..4)
 - `nli_negative_entails_previous`: n[i] entails p[i-1]          (i = 2..4)
-A row is kept when every pair passes its threshold. Every rule is evaluated on every row that reaches NLI, so the
-stats give each rule's own accept rate (`checked:<rule>`, `pass:<rule>`), not only the first failure; the reject
-reason is the first failing rule in the order above, with the failing pair and its probabilities in `detail`.
+- `nli_joint` (when a joint threshold is set): the mean over all those pairs of log P(required label) reaches it
+  (`engines.base.mean_log_prob`; the learned stand-in's card sets it, see hierarcaps.nli.corrupt).
+A row is kept when every pair passes its threshold and the joint rule holds. Every rule is evaluated on every row
+that reaches NLI, so the stats give each rule's own accept rate (`checked:<rule>`, `pass:<rule>`), not only the
+first failure; the reject reason is the first failing rule in the order above, with the failing pair (for
+`nli_joint`, the row's weakest pair) and its probabilities in `detail`.
 
 `filter_file` runs the filter alone on an existing HierarCaps CSV or hierarchy parquet (issue #3 item 5): an
 `external` stage cuts the file into shards, the filter reads them, and a per-check report is written.
@@ -21,12 +24,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 
 from hierarcaps import schema, shards
 from hierarcaps.checks import check_hierarchy
 from hierarcaps.config import Profile, load_profile
-from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NLI_LABELS, NLIModel
+from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NLI_LABELS, NLIModel, mean_log_prob
 from hierarcaps.engines.nli import load_nli, nli_model_id, score_pairs
 from hierarcaps.inputs import InputError, load_hierarchies
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, plan_row_range, read_task_rows
@@ -40,6 +44,7 @@ RULES = (
     ("nli_negative_contradicts", "nli_negative_not_contradicting", CONTRADICTION),
     ("nli_negative_entails_previous", "nli_negative_not_entailing_previous", ENTAILMENT),
 )
+JOINT = ("nli_joint", "nli_joint_too_weak")
 STRUCTURAL = "structural"
 REPORT = "check_report.json"
 
@@ -74,12 +79,12 @@ class FilterStage(Stage):
         return model
 
     @cached_property
-    def thresholds(self) -> dict[str, float]:
+    def thresholds(self) -> dict[str, float | None]:
         cfg = self.config.nli
         card = getattr(self.nli, "thresholds", None) if cfg.use_card_thresholds else None
-        chosen = {"entail": cfg.entail_threshold, "contradict": cfg.contradict_threshold}
+        chosen = {"entail": cfg.entail_threshold, "contradict": cfg.contradict_threshold, "joint": cfg.joint_threshold}
         if isinstance(card, dict):
-            chosen.update({k: float(card[k]) for k in chosen if k in card})
+            chosen.update({k: None if card[k] is None else float(card[k]) for k in chosen if k in card})
         return chosen
 
     def fingerprint_parts(self) -> dict[str, Any]:
@@ -137,6 +142,7 @@ class FilterStage(Stage):
         thresholds = {ENTAILMENT: self.thresholds["entail"], CONTRADICTION: self.thresholds["contradict"]}
         failures: dict[str, dict] = {}
         mins = {"min_entail": None, "min_contradict": None}
+        required: list[tuple[float, dict]] = []  # (P(required label), the pair) for the joint rule
         for rule, reason, column in RULES:
             mine = [(tier, p, h) for r, tier, p, h in pairs if r == rule]
             if not mine:
@@ -149,19 +155,32 @@ class FilterStage(Stage):
                 stats.add(f"pair_pass:{rule}:t{tier}", int(ok))
                 key = "min_entail" if column == ENTAILMENT else "min_contradict"
                 mins[key] = float(probs[column]) if mins[key] is None else min(mins[key], float(probs[column]))
+                pair = {
+                    "rule": rule,
+                    "tier": tier,
+                    "premise": premise,
+                    "hypothesis": hypothesis,
+                    "probs": {label: round(float(p), 4) for label, p in zip(NLI_LABELS, probs)},
+                    "needs": NLI_LABELS[column],
+                }
+                required.append((float(probs[column]), pair))
                 if not ok and rule not in failures:
-                    failures[rule] = {
-                        "rule": rule,
-                        "tier": tier,
-                        "premise": premise,
-                        "hypothesis": hypothesis,
-                        "probs": {label: round(float(p), 4) for label, p in zip(NLI_LABELS, probs)},
-                        "threshold": thresholds[column],
-                        "needs": NLI_LABELS[column],
-                    }
+                    failures[rule] = {**pair, "threshold": thresholds[column]}
             if rule not in failures:
                 stats.add(f"pass:{rule}")
-        first = next(((reason, failures[rule]) for rule, reason, _ in RULES if rule in failures), None)
+        joint_threshold = self.thresholds.get("joint")
+        if joint_threshold is not None and required:
+            rule = JOINT[0]
+            stats.add(f"checked:{rule}")
+            score = float(mean_log_prob([p for p, _ in required]))
+            if score >= joint_threshold:
+                stats.add(f"pass:{rule}")
+            else:
+                weakest = min(required, key=lambda item: item[0])[1]
+                failures[rule] = {"rule": rule, "mean_log_prob": round(score, 4), "threshold": joint_threshold,
+                                  "geometric_mean": round(float(np.exp(score)), 4), "weakest_pair": weakest}
+        order = [*((rule, reason) for rule, reason, _ in RULES), JOINT]
+        first = next(((reason, failures[rule]) for rule, reason in order if rule in failures), None)
         if first is not None:
             first[1]["also_failed"] = [rule for rule in failures if rule != first[1]["rule"]]
         return {"failure": first, "mins": mins}
@@ -259,7 +278,7 @@ def check_report(external: dict, filtered: dict, source: str | Path) -> dict:
     checks = [_rate("load_4_tiers", "parse", rows, int(ext.get("rows_out", 0)))]
     structural_in = int(flt.get(f"checked:{STRUCTURAL}", 0))
     checks.append(_rate(STRUCTURAL, "structural", structural_in, int(flt.get(f"pass:{STRUCTURAL}", 0))))
-    nli_reasons = {reason for _, reason, _ in RULES}
+    nli_reasons = {reason for _, reason, _ in RULES} | {JOINT[1]}
     for key, count in sorted(flt.items()):
         reason = key.split(":", 1)[1] if key.startswith("reject:") else None
         if reason and reason not in nli_reasons:
@@ -272,6 +291,8 @@ def check_report(external: dict, filtered: dict, source: str | Path) -> dict:
                 checked = int(flt.get(f"pair_checked:{rule}:t{tier}", 0))
                 if checked:
                     checks.append(_rate(f"{rule}:t{tier}", "nli pair", checked, int(flt.get(f"pair_pass:{rule}:t{tier}", 0))))
+    if flt.get(f"checked:{JOINT[0]}"):
+        checks.append(_rate(JOINT[0], "nli row", int(flt[f"checked:{JOINT[0]}"]), int(flt.get(f"pass:{JOINT[0]}", 0))))
     accepted = int(flt.get("rows_out", 0))
     nli_seconds = float(flt.get("nli_seconds", 0.0))
     return {
