@@ -80,6 +80,28 @@ def test_augmentations_change_one_word_with_the_right_label():
     assert augmented == P.augmented_pairs(h, np.random.default_rng([0, 7]))  # deterministic
 
 
+def test_dense_augmentations_cover_every_tier_without_changing_the_first_draws():
+    h = P.Hierarchy(7, "u", POS, NEG)  # tiers 3 and 4 hold "black"
+    extra = P.extra_augmented_pairs(h, np.random.default_rng([0, 7, 2]))
+    colour = [p for p in extra if p.pair_type == "aug_colour_all"]
+    assert {p.premise for p in colour} == {POS[3]} and len({p.hypothesis for p in colour}) >= 2
+    for pair in colour:  # one colour word differs from a real tier, and the label is contradiction
+        tier = next(t for t in POS[2:] if len(t.split()) == len(pair.hypothesis.split()) and t != pair.hypothesis)
+        diff = [(a, b) for a, b in zip(tier.split(), pair.hypothesis.split()) if a != b]
+        assert len(diff) == 1 and diff[0][1].lower().strip(".") in edits.COLOURS and pair.label == CONTRADICTION
+    drops = {(p.premise, p.hypothesis): p for p in extra if p.pair_type in ("aug_drop_all", "aug_drop_rev")}
+    for (premise, hypothesis), pair in drops.items():
+        if pair.pair_type == "aug_drop_all":  # specific => with a modifier dropped; the reverse is neutral
+            assert pair.label == ENTAILMENT and premise in POS and len(hypothesis.split()) == len(premise.split()) - 1
+            assert drops[(hypothesis, premise)].label == NEUTRAL
+    # the dense pairs come on top: the one-tier augmentations of the same hierarchy are drawn as before
+    pairs = P.build_pairs([h], seed=0)
+    assert pairs[: len(P.structural_pairs(h))] == P.structural_pairs(h)
+    assert [p for p in pairs if p.pair_type in ("aug_colour", "aug_drop")] == [
+        p for p in P.augmented_pairs(h, np.random.default_rng([0, 7])) if p.pair_type in ("aug_colour", "aug_drop")]
+    assert all(P.PAIR_LABELS[p.pair_type] == p.label for p in pairs)
+
+
 def test_split_is_by_image_deterministic_and_stateless():
     urls = [f"http://x/{i}.jpg" for i in range(2000)]
     splits = [P.split_of(u) for u in urls]

@@ -174,7 +174,7 @@ def train_nli_cmd(
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="hierarcaps_coco_auto CSV (positive,negative,image_url); default ../shared/data/...")] = None,
     seed: Annotated[int, typer.Option(help="seeds pair sampling, init and shuffling")] = 0,
     max_hierarchies: Annotated[Optional[int], typer.Option("--max-hierarchies", help="only the first N rows of the data")] = None,
-    epochs: Annotated[int, typer.Option(help="training epochs (the best dev epoch is kept)")] = 8,
+    epochs: Annotated[int, typer.Option(help="training epochs (the best dev epoch is kept)")] = 12,
     device: Annotated[str, typer.Option(help="cpu | cuda (bit-for-bit reproduction is for cpu)")] = "cpu",
 ) -> None:
     """Train the minilm-head NLI stand-in (a small distilled model, not MNLI); use it with --set filter.nli.model=OUT."""

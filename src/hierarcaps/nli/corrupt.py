@@ -218,9 +218,9 @@ def _rates(kinds: np.ndarray, accept: np.ndarray, semantic: list[str]) -> tuple[
     return kept, rejected
 
 
-# Share of dev originals the thresholds must keep: the 90% target plus a point of margin (dev and eval differ by
-# about a point: ~1,270 rows each).
-MIN_KEPT = 0.91
+# Share of dev originals the thresholds must keep: the 90% target plus two points of margin (dev and eval differed by
+# up to two points: ~1,270 rows each).
+MIN_KEPT = 0.92
 
 
 def choose_thresholds(kinds: list[str], scores: np.ndarray, structural_ok: np.ndarray, min_kept: float = MIN_KEPT, joint: bool = True) -> dict:

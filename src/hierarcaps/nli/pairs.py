@@ -20,6 +20,9 @@ Augmentations that mimic generator errors (edits.py), on one random tier t in 2.
 caption and p[t+1] as premises: aug_colour / aug_number / aug_noun (contradiction: a colour, number word or noun of
 the tier changed), aug_insert (neutral: a modifier the premise lacks inserted into the tier), aug_drop (entailment:
 p[t] => p[t] with a modifier removed), aug_insert_rev (entailment: the inserted version => the original tier).
+Denser versions from a second generator per hierarchy (so the draws above are unchanged): aug_colour_all (contradiction:
+up to two wrong colours on every tier 2..4 holding a colour), aug_drop_all (entailment: p[t] => p[t] minus a modifier,
+every tier holding one) and aug_drop_rev (neutral: the reverse, a generic text => a more specific one).
 Labels are noisy: the data is uncurated (~75% fully valid per the paper) and cross-image pairs are sometimes entailed.
 """
 
@@ -63,6 +66,9 @@ PAIR_LABELS = {
     "generic_neg": NEUTRAL,
     "cross_image": NEUTRAL,
     "aug_insert": NEUTRAL,
+    "aug_colour_all": CONTRADICTION,
+    "aug_drop_all": ENTAILMENT,
+    "aug_drop_rev": NEUTRAL,
 }
 PAIR_TYPES = tuple(PAIR_LABELS)
 
@@ -181,6 +187,23 @@ def augmented_pairs(h: Hierarchy, rng: np.random.Generator) -> list[Pair]:
     return out
 
 
+def extra_augmented_pairs(h: Hierarchy, rng: np.random.Generator) -> list[Pair]:
+    """Denser colour and modifier-drop pairs (own generator, so `augmented_pairs` draws are unchanged): on EVERY tier
+    2..4 holding a colour, up to two wrong colours (contradiction, premises as in `augmented_pairs`); on every tier
+    holding a droppable modifier, p[t] => p[t] minus it (entailment) and the reverse (neutral: a generic text does not
+    entail a more specific one, as for `generic_specific`)."""
+    p = h.positive
+    out = []
+    for t in range(1, TIERS):
+        swaps = {s for _ in range(2) if (s := edits.swap_colour(p[t], rng)) is not None and normalize(s) != normalize(p[t])}
+        for swapped in sorted(swaps):
+            out += [Pair(prem, swapped, CONTRADICTION, "aug_colour_all") for prem in ([p[3]] if t == 3 else [p[3], p[t + 1]])]
+        dropped = edits.drop_word(p[t], rng)
+        if dropped is not None:
+            out += [Pair(p[t], dropped, ENTAILMENT, "aug_drop_all"), Pair(dropped, p[t], NEUTRAL, "aug_drop_rev")]
+    return out
+
+
 def cross_image_pairs(h: Hierarchy, pool: list[Hierarchy], rng: np.random.Generator) -> list[Pair]:
     """p4 => p2, p4 => p3, p3 => p2 with hypotheses from another image of the same split (neutral)."""
     for _ in range(8):
@@ -205,6 +228,8 @@ def build_pairs(hierarchies: list[Hierarchy], seed: int = 0, augment: bool = Tru
             out += augmented_pairs(h, rng)
         if len(hierarchies) > 1:
             out += cross_image_pairs(h, hierarchies, rng)
+        if augment:
+            out += extra_augmented_pairs(h, np.random.default_rng([seed, h.row, 2]))
     return out
 
 

@@ -76,7 +76,7 @@ def train_nli(
     out: Path = Path("nli-minilm-head"),
     seed: int = 0,
     max_hierarchies: int | None = None,
-    epochs: int = 8,
+    epochs: int = 12,
     hidden: Sequence[int] = (1024,),
     dropout: float = 0.1,
     batch_size: int = 512,
