@@ -18,7 +18,9 @@ from hierarcaps.config import load_profile
 from hierarcaps.inputs import InputError, load_hierarchies
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
 from hierarcaps.stages import filter as filter_mod
-from hierarcaps.stages.filter import FilterStage, filter_file, rule_pairs
+from hierarcaps.stages import refilter
+from hierarcaps.stages.filter import FilterStage, rule_pairs
+from hierarcaps.stages.refilter import filter_file
 
 ENTAIL, NEUTRAL, CONTRA = (0.9, 0.06, 0.04), (0.2, 0.7, 0.1), (0.05, 0.15, 0.8)
 
@@ -274,7 +276,7 @@ def test_filter_file_on_shared_coco_hierarchies(tmp_path, shared_data):
     written = tmp_path / "accepted.csv"
     from hierarcaps.inputs import write_hierarchies_csv
 
-    write_hierarchies_csv(filter_mod.accepted_rows(tmp_path / "run"), written)
+    write_hierarchies_csv(refilter.accepted_rows(tmp_path / "run"), written)
     back, _ = load_hierarchies(written)
     originals = {tuple(r["positive"]): r["negative"] for r in table.to_pylist()}
     assert back.num_rows == report["accepted"]
@@ -295,7 +297,7 @@ def test_filter_file_on_positive_only_captions_csv(tmp_path, shared_data):
     assert "nli_positive_entails" in checks and not any("negative" in c and c.startswith("nli") for c in checks)
     structural = {c["check"]: c for c in report["checks"]}["structural"]
     assert report["nli_pairs"] == 3 * structural["passed"] and structural["checked"] == 12  # 3 positive pairs a row
-    out = filter_mod.accepted_rows(tmp_path / "run")
+    out = refilter.accepted_rows(tmp_path / "run")
     assert set(out["id"].to_pylist()) <= {r["id"] for r in rows} and out.num_rows == report["accepted"] > 0
 
 

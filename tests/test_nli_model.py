@@ -251,7 +251,7 @@ def test_training_is_deterministic_and_cache_independent(tmp_path, shared_data):
 @pytest.mark.slow
 @pytest.mark.skipif(not (ARTIFACT_DIR / "model.safetensors").exists(), reason="no shipped artifact")
 def test_filter_uses_the_shipped_model_and_its_thresholds(tmp_path, shared_data):
-    from hierarcaps.stages.filter import filter_file
+    from hierarcaps.stages.refilter import filter_file
 
     rows = [h for h in P.load_hierarchies(P.DEFAULT_DATA, 30) if P.split_of(h.image_url) != "train"][:4]
     data = _write_csv(tmp_path / "in.csv", [(" => ".join(h.positive), " => ".join(h.negative), h.image_url) for h in rows])

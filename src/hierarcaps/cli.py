@@ -143,7 +143,7 @@ def filter_cmd(
     from rich.table import Table
 
     from hierarcaps import inputs, summary
-    from hierarcaps.stages.filter import REPORT, accepted_rows, filter_file
+    from hierarcaps.stages.refilter import REPORT, accepted_rows, filter_file
 
     try:
         report = _run_with_progress(filter_file, input=input, out=out, profile=profile, overrides=_overrides(set_))
