@@ -19,7 +19,14 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from lap import lapjvh_batch  # the lapx distribution installs the module `lap`
+
+try:  # the lapx distribution installs the module `lap`; the older `lap` distribution has no batch solvers
+    from lap import lapjvh_batch
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "hierarcaps needs lapx's lap.lapjvh_batch for the exact semantic RSM; another package named `lap` seems to "
+        "shadow it: pip install --force-reinstall 'lapx>=0.11'"
+    ) from err
 
 log = logging.getLogger(__name__)
 
