@@ -97,6 +97,25 @@ def test_cross_encoder_maps_columns_by_label_name(tmp_path, arch):
         np.testing.assert_allclose(probs[k], expected, atol=1e-5)
 
 
+def test_cross_encoder_temperature_file_calibrates_and_changes_the_fingerprint(tmp_path):
+    from hierarcaps.engines.nli import nli_model_id
+
+    model, path = _tiny_classifier(tmp_path, "bert")
+    cfg = NLIConfig(backend="cross-encoder", model=str(path), batch_size=2, device="cpu")
+    plain_id, plain = nli_model_id(cfg), load_nli(cfg).predict(PAIRS)
+    (path / "temperature.json").write_text('{"temperature": 2.5}')
+    nli = load_nli(cfg)
+    assert nli.temperature == 2.5 and "temperature 2.5" in nli.description
+    assert nli_model_id(cfg) != plain_id  # finished filter shards are redone after a recalibration
+    got = nli.predict(PAIRS)
+    for k, (premise, hypothesis) in enumerate(PAIRS):
+        with torch.no_grad():
+            logits = model.eval()(**nli.tokenizer(premise, hypothesis, return_tensors="pt")).logits[0]
+        native = torch.softmax(logits / 2.5, -1).numpy()
+        np.testing.assert_allclose(got[k], [native[2], native[0], native[1]], atol=1e-5)
+    assert np.abs(got - 1 / 3).max() < np.abs(plain - 1 / 3).max()  # a higher temperature flattens
+
+
 def test_cross_encoder_with_non_nli_labels_fails_naming_the_model(tmp_path):
     _, path = _tiny_classifier(tmp_path, "bert", {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"})
     with pytest.raises(NLILabelError, match=str(path)):

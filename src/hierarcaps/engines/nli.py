@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from functools import cached_property
@@ -37,10 +38,16 @@ class NLILabelError(ValueError):
     """A classification model whose labels are not entailment / neutral / contradiction."""
 
 
+TEMPERATURE_FILE = "temperature.json"  # optional, next to a local cross-encoder's weights: {"temperature": T}
+
+
 def nli_model_id(cfg: NLIConfig) -> str:
     """The model id a config resolves to, without loading anything (used in stage fingerprints)."""
     if cfg.backend == "cross-encoder":
-        return cfg.model or DEFAULT_CROSS_ENCODER
+        name = cfg.model or DEFAULT_CROSS_ENCODER
+        calibration = Path(name) / TEMPERATURE_FILE
+        # a local model's temperature changes its probabilities, so it is part of the id (and the fingerprint)
+        return f"{name}@T{calibration.read_text().strip()}" if calibration.is_file() else name
     if cfg.backend == "lexical":
         return LEXICAL_ID
     # The learned head's card (hierarcaps/nli/model.py) holds its weights' sha256 and its thresholds: hashing it
@@ -110,7 +117,10 @@ class CrossEncoderNLI:
                 f"or allow the hub (HF_HUB_OFFLINE=0)"
             ) from err
         self.columns = label_columns(self.model.config.id2label, model_name)
-        self.description = f"MNLI cross-encoder {model_name}"
+        # Optional calibration: a local folder may hold temperature.json {"temperature": T}; logits are divided by T.
+        temp_file = Path(model_name) / TEMPERATURE_FILE
+        self.temperature = float(json.loads(temp_file.read_text())["temperature"]) if temp_file.is_file() else 1.0
+        self.description = f"MNLI cross-encoder {model_name}" + (f" (temperature {self.temperature:g})" if self.temperature != 1.0 else "")
 
     def predict(self, pairs: Sequence[Pair]) -> np.ndarray:
         import torch
@@ -129,7 +139,7 @@ class CrossEncoderNLI:
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
-                logits = self.model(**batch).logits.float()
+                logits = self.model(**batch).logits.float() / self.temperature
                 out[index] = torch.softmax(logits, dim=-1)[:, self.columns].cpu().numpy()
         return out
 
