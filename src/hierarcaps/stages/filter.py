@@ -139,7 +139,7 @@ class FilterStage(Stage):
         thresholds = {ENTAILMENT: self.thresholds["entail"], CONTRADICTION: self.thresholds["contradict"]}
         failures: dict[str, dict] = {}
         mins = {"min_entail": None, "min_contradict": None}
-        required: list[tuple[float, dict]] = []  # (P(required label), the pair) for the joint rule
+        required: list[tuple] = []  # (P(required label), rule, tier, premise, hypothesis, column) for the joint rule
         for rule, reason, column in RULES:
             mine = [(tier, p, h) for r, tier, p, h in pairs if r == rule]
             if not mine:
@@ -152,28 +152,21 @@ class FilterStage(Stage):
                 stats.add(f"pair_pass:{rule}:t{tier}", int(ok))
                 key = "min_entail" if column == ENTAILMENT else "min_contradict"
                 mins[key] = float(probs[column]) if mins[key] is None else min(mins[key], float(probs[column]))
-                pair = {
-                    "rule": rule,
-                    "tier": tier,
-                    "premise": premise,
-                    "hypothesis": hypothesis,
-                    "probs": {label: round(float(p), 4) for label, p in zip(NLI_LABELS, probs)},
-                    "needs": NLI_LABELS[column],
-                }
-                required.append((float(probs[column]), pair))
+                required.append((float(probs[column]), rule, tier, premise, hypothesis, column))
                 if not ok and rule not in failures:
-                    failures[rule] = {**pair, "threshold": thresholds[column]}
+                    failures[rule] = {**_pair_detail(rule, tier, premise, hypothesis, probs, column), "threshold": thresholds[column]}
             if rule not in failures:
                 stats.add(f"pass:{rule}")
         joint_threshold = self.thresholds.get("joint")
         if joint_threshold is not None and required:
             rule = JOINT[0]
             stats.add(f"checked:{rule}")
-            score = float(mean_log_prob([p for p, _ in required]))
+            score = float(mean_log_prob([item[0] for item in required]))
             if score >= joint_threshold:
                 stats.add(f"pass:{rule}")
             else:
-                weakest = min(required, key=lambda item: item[0])[1]
+                _, weak_rule, tier, premise, hypothesis, column = min(required, key=lambda item: item[0])
+                weakest = _pair_detail(weak_rule, tier, premise, hypothesis, scores[(premise, hypothesis)], column)
                 failures[rule] = {"rule": rule, "mean_log_prob": round(score, 4), "threshold": joint_threshold,
                                   "geometric_mean": round(float(np.exp(score)), 4), "weakest_pair": weakest}
         order = [*((rule, reason) for rule, reason, _ in RULES), JOINT]
@@ -181,6 +174,18 @@ class FilterStage(Stage):
         if first is not None:
             first[1]["also_failed"] = [rule for rule in failures if rule != first[1]["rule"]]
         return {"failure": first, "mins": mins}
+
+
+def _pair_detail(rule: str, tier: int, premise: str, hypothesis: str, probs, column: int) -> dict:
+    """A pair as the rejects' `detail` shows it; built only for failing pairs, not for every pair judged."""
+    return {
+        "rule": rule,
+        "tier": tier,
+        "premise": premise,
+        "hypothesis": hypothesis,
+        "probs": {label: round(float(p), 4) for label, p in zip(NLI_LABELS, probs)},
+        "needs": NLI_LABELS[column],
+    }
 
 
 def _reject(row: dict, reason: str, detail: str) -> dict:
