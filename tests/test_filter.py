@@ -17,9 +17,10 @@ from hierarcaps import pipeline, schema
 from hierarcaps.config import load_profile
 from hierarcaps.inputs import InputError, load_hierarchies
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
-from hierarcaps.stages import filter as filter_mod
+from hierarcaps import judge as judge_mod
 from hierarcaps.stages import refilter
-from hierarcaps.stages.filter import FilterStage, rule_pairs
+from hierarcaps.judge import rule_pairs
+from hierarcaps.stages.filter import FilterStage
 from hierarcaps.stages.refilter import filter_file
 
 ENTAIL, NEUTRAL, CONTRA = (0.9, 0.06, 0.04), (0.2, 0.7, 0.1), (0.05, 0.15, 0.8)
@@ -242,7 +243,7 @@ def test_default_filter_reads_generate_one_task_per_shard(tmp_path, profile):
     stage = pipeline.make_stage("filter", profile, tmp_path)
     assert isinstance(stage, FilterStage) and stage.upstream == ("generate",)
     assert [t.index for t in stage.plan()] == [0, 1]
-    assert stage.nli_id.startswith("minilm-head:default@") and "nli" not in stage.__dict__  # the model loads on first use
+    assert stage.judge.nli_id.startswith("minilm-head:default@") and not stage.judge.nli_loaded  # the model loads on first use
     nli = FakeNLI(special)
     manifest = FilterStage(profile, tmp_path, nli=nli).run()
     assert len(nli.calls) == 2 and manifest["stats"]["rows_out"] == 3
@@ -323,7 +324,7 @@ def test_cli_filter_prints_rates_and_writes_csv(tmp_path, case, monkeypatch):
     from hierarcaps.cli import app
 
     source, nli, expected = case
-    monkeypatch.setattr(filter_mod, "load_nli", lambda cfg: nli)
+    monkeypatch.setattr(judge_mod, "load_nli", lambda cfg: nli)
     written = tmp_path / "kept.csv"
     result = CliRunner().invoke(app, ["filter", "--input", str(source), "--out", str(tmp_path / "run"), "--write-csv", str(written)])
     assert result.exit_code == 0, result.output

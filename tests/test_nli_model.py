@@ -139,7 +139,7 @@ def test_development_share_holds_no_test_images(shared_data):
 
 
 def test_nli_checks_match_the_filter_rules():
-    from hierarcaps.stages.filter import rule_pairs
+    from hierarcaps.judge import rule_pairs
 
     ours = {(c.premise, c.hypothesis) for c in corrupt.nli_checks(list(POS), list(NEG))}
     assert ours == {(p, h) for _, _, p, h in rule_pairs(list(POS), list(NEG))}

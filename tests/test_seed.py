@@ -3,13 +3,15 @@ and one slow run of the real SmolLM2-135M."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hierarcaps import shards
+from hierarcaps import judge, shards
 from hierarcaps.config import load_profile
 from hierarcaps.parsing import format_answer, parse_answer
 from hierarcaps.prompts import PROMPT_DIR, load_prompt
@@ -61,8 +63,38 @@ class ScriptedGenerator:
         return [p for batch, _, _ in self.calls for p in batch if p.rstrip().endswith(caption)]
 
 
+class ZebraNLI:
+    """An NLI that reads the scripted answers as the filter should: a hypothesis that brings in "zebra" contradicts,
+    any other pair entails, except hypotheses listed in `unsupported` (neutral)."""
+
+    model_id, description = "zebra-nli", "test double"
+
+    def __init__(self):
+        self.unsupported: set[str] = set()
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def predict(self, pairs):
+        self.calls.append(list(pairs))
+        rows = []
+        for premise, hypothesis in pairs:
+            if hypothesis in self.unsupported:
+                rows.append((0.2, 0.7, 0.1))
+            elif "zebra" in hypothesis and "zebra" not in premise:
+                rows.append((0.05, 0.15, 0.8))
+            else:
+                rows.append((0.9, 0.06, 0.04))
+        return np.array(rows)
+
+
 @pytest.fixture
-def scripted(monkeypatch) -> ScriptedGenerator:
+def nli(monkeypatch) -> ZebraNLI:
+    fake = ZebraNLI()
+    monkeypatch.setattr(judge, "load_nli", lambda cfg: fake)
+    return fake
+
+
+@pytest.fixture
+def scripted(monkeypatch, nli) -> ScriptedGenerator:
     fake = ScriptedGenerator()
     monkeypatch.setattr(llm, "load_generator", lambda cfg: fake)
     return fake
@@ -108,7 +140,7 @@ def test_seed_accounting_retries_and_reasons(tmp_path, scripted):
     assert scripted.calls[0][1] is None and all(t == llm.RETRY_TEMPERATURE for _, t, _ in scripted.calls[2:])
     assert all(len(batch) <= 3 for batch, _, _ in scripted.calls)
     assert stats["reject:parse:no_negative_block"] == 1 and stats["llm_answers"] == 4 + 3 + 2
-    assert manifest["prompt"] == "seed_v1" and manifest["models"] == {"generator": llm.generator_id(profile.seed.generator)}
+    assert manifest["prompt"] == "seed_v1" and manifest["models"] == {"generator": llm.generator_id(profile.seed.generator), "nli": "zebra-nli"}
 
 
 def test_seed_retries_use_deterministic_seeds(tmp_path, scripted):
@@ -162,7 +194,8 @@ def test_augment_uses_seed_examples_deterministically(tmp_path, scripted):
     scripted.calls.clear()
     manifest = AugmentStage(profile, run_dir).run()
     assert manifest["stats"]["rows_in"] == 2 == manifest["stats"]["rows_out"]
-    assert "note" not in manifest and manifest["prompt"] == "augment_v1" and manifest["examples_available"] == 2
+    assert "seed prompt" not in manifest["note"] and manifest["prompt"] == "augment_v1" and manifest["examples_available"] == 2
+    assert "stand-in" in manifest["note"]  # the offline profile's NLI is the MiniLM head
     rows = _rows(run_dir / "augment")
     assert [r["caption"] for r in rows] == CAPTIONS[4:6] and {r["source"] for r in rows} == {"augment"}
     seed_rows = _rows(run_dir / "seed")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLUMNS = ("stage", "rows in", "rows out", "rejected", "yield", "rows/s", "seconds", "shards", "top reject reasons")
+COLUMNS = ("stage", "rows in", "rows out", "rejected", "yield", "nli kept", "rows/s", "seconds", "shards", "top reject reasons")
 
 
 def summary_rows(manifests: dict[str, dict], run_dir: str | Path | None = None) -> list[dict]:
@@ -25,6 +25,8 @@ def summary_rows(manifests: dict[str, dict], run_dir: str | Path | None = None) 
                 "rows out": rows_out,
                 "rejected": int(stats.get("rows_rejected", 0)),
                 "yield": f"{rows_out / rows_in:.0%}" if rows_in else "-",
+                # stages that judge rows (seed, augment, filter): kept by the NLI / passed the checks
+                "nli kept": f"{rows_out}/{int(stats['pass:structural'])}" if "pass:structural" in stats else "-",
                 "rows/s": f"{rows_in / seconds:.1f}" if seconds > 0 else "-",
                 "seconds": f"{seconds:.1f}",
                 "shards": str(location),

@@ -178,8 +178,13 @@ def build_cases(hierarchies: list[Hierarchy], seed: int = 0, kinds: tuple[str, .
     return out
 
 
+# The shipped stand-in's thresholds were chosen with the checks as they were before the degenerate-text rules
+# (issue #11); they stay off here so `hierarcaps train-nli` still reproduces its card.
+STAND_IN_CHECKS = ChecksConfig(copied_example=False, repeated_word=False, non_words=False)
+
+
 def structural_failure(case: Case, cfg: ChecksConfig | None = None) -> tuple[str, str] | None:
-    return check_hierarchy(case.positive, case.negative, case.caption, cfg or ChecksConfig())
+    return check_hierarchy(case.positive, case.negative, case.caption, cfg or STAND_IN_CHECKS)
 
 
 def row_scores(cases: list[Case], predict: Callable[[list[tuple[str, str]]], np.ndarray]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Stage `augment`: few-shot generation for the next `augment.limit` captions, with seed outputs as examples.
 
 Input rows [seed.limit, seed.limit + augment.limit) each get `k` in-context examples drawn from the seed stage's
-accepted hierarchies, sampled by a `random.Random` seeded with the stage seed and the row id (so a rerun, or a
+accepted hierarchies (its part shards: rows that passed the checks and the filter's NLI; rejects never show), sampled by a `random.Random` seeded with the stage seed and the row id (so a rerun, or a
 different shard split, shows every caption the same examples). The examples are written in exactly the format the
 answer must take. If the seed stage accepted nothing, the seed prompt is used instead and the manifest says so.
 """
@@ -67,10 +67,11 @@ class AugmentStage(LLMStage):
         return self.prompt.render(examples="\n\n".join(shots), caption=row["caption"])
 
     def manifest_extra(self) -> dict:
-        extra = {"examples_available": len(self.examples)}
+        extra = {**super().manifest_extra(), "examples_available": len(self.examples)}
         if self.fallback:
-            extra["note"] = (
+            fallback = (
                 f"augment: the seed stage accepted no hierarchies, so augment used the seed prompt "
                 f"({self.profile.seed.prompt}) without in-context examples"
             )
+            extra["note"] = "; ".join(filter(None, (fallback, extra.get("note"))))
         return extra

@@ -18,8 +18,9 @@ from hierarcaps import schema, shards
 from hierarcaps.config import Profile, load_profile
 from hierarcaps.engines.base import NLIModel
 from hierarcaps.inputs import InputError, load_hierarchies
+from hierarcaps.judge import JOINT, RULES, STRUCTURAL
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
-from hierarcaps.stages.filter import JOINT, RULES, STRUCTURAL, FilterStage
+from hierarcaps.stages.filter import FilterStage
 from hierarcaps.stats import Stats
 
 log = logging.getLogger(__name__)
