@@ -143,6 +143,70 @@ def test_seed_accounting_retries_and_reasons(tmp_path, scripted):
     assert manifest["prompt"] == "seed_v1" and manifest["models"] == {"generator": llm.generator_id(profile.seed.generator), "nli": "zebra-nli"}
 
 
+def test_seed_rows_the_filter_nli_rejects_are_rejected_once_and_never_reach_distill(tmp_path, scripted, nli):
+    from hierarcaps.stages.distill import DistillStage
+
+    profile = _profile()
+    nli.unsupported = {"A brown"}  # positive tier 2 of CAPTIONS[0]'s answer
+    run_dir = _run_input(tmp_path, profile)
+    manifest = SeedStage(profile, run_dir).run()
+    stats = manifest["stats"]
+    assert stats["rows_in"] == 4 == stats["rows_out"] + stats["rows_rejected"] and stats["rows_out"] == 1
+    assert [r["caption"] for r in _rows(run_dir / "seed")] == [CAPTIONS[2]]
+    (reject,) = [r for r in _rows(run_dir / "seed", "rejects") if r["caption"] == CAPTIONS[0]]
+    detail = json.loads(reject["detail"])  # the filter's own detail: the failing pair and its probabilities
+    assert reject["reason"] == "nli_positive_not_entailed" and reject["stage"] == "seed" and reject["raw"]
+    assert (detail["tier"], detail["premise"], detail["hypothesis"]) == (2, "A brown dog runs", "A brown")
+    assert detail["probs"]["neutral"] == 0.7 and detail["threshold"] == 0.5
+    assert stats["reject:nli_positive_not_entailed"] == 1 and stats["checked:nli_positive_entails"] == 2
+    assert len(nli.calls) == 1  # one NLI pass for the shard, after the retries
+    assert len(scripted.prompts_for(CAPTIONS[0])) == 1  # an NLI reject is not regenerated
+    assert manifest["models"]["nli"] == "zebra-nli" and "stand-in" in manifest["note"]
+
+    AugmentStage(profile, run_dir).run()
+    trained = [r["caption"] for t in DistillStage(profile, run_dir).plan() for p in t.inputs for r in pq.read_table(p).to_pylist()]
+    assert CAPTIONS[2] in trained and CAPTIONS[0] not in trained
+
+
+def test_augment_examples_come_from_accepted_seeds_only(tmp_path, scripted, nli):
+    profile = _profile()
+    nli.unsupported = {"A brown"}
+    run_dir = _run_input(tmp_path, profile)
+    SeedStage(profile, run_dir).run()
+    scripted.calls.clear()
+    manifest = AugmentStage(profile, run_dir).run()
+    assert manifest["examples_available"] == 1
+    for caption in CAPTIONS[4:6]:
+        (prompt,) = scripted.prompts_for(caption)
+        assert f"Caption: {CAPTIONS[2]}" in prompt and CAPTIONS[0] not in prompt
+
+
+def test_seed_answers_copying_the_prompt_examples_are_retried_then_rejected(tmp_path, scripted, monkeypatch):
+    copy = format_answer(
+        ["woman", "woman in red", "woman in a red coat", CAPTIONS[5]],
+        ["zebra", "zebra in red", "zebra in a red coat", "A zebra of pasta with tomato sauce."],
+    )
+    answer = scripted.answer
+    monkeypatch.setattr(scripted, "answer", lambda prompt, sampled: copy if prompt.rstrip().endswith(CAPTIONS[5]) else answer(prompt, sampled))
+    profile = _profile(**{"seed.limit": 6})
+    run_dir = _run_input(tmp_path, profile)
+    manifest = SeedStage(profile, run_dir).run()
+    (reject,) = [r for r in _rows(run_dir / "seed", "rejects") if r["caption"] == CAPTIONS[5]]
+    assert reject["reason"] == "positive_copied_example" and "tier 2 'woman in red' has 'woman in red'" in reject["detail"]
+    assert len(scripted.prompts_for(CAPTIONS[5])) == 3  # a failed check is retried, as a parse error is
+    assert manifest["stats"]["rows_in"] == 6 == manifest["stats"]["rows_out"] + manifest["stats"]["rows_rejected"]
+
+
+def test_seed_is_redone_when_the_filter_model_or_checks_change(tmp_path, scripted):
+    profile = _profile()
+    run_dir = _run_input(tmp_path, profile)
+    SeedStage(profile, run_dir).run()
+    assert SeedStage(_profile(**{"distill.max_steps": 7}), run_dir).is_complete()  # another stage's settings
+    assert not SeedStage(_profile(**{"filter.nli.entail_threshold": 0.6}), run_dir).is_complete()
+    assert not SeedStage(_profile(**{"filter.nli.backend": "lexical"}), run_dir).is_complete()
+    assert not SeedStage(_profile(**{"filter.checks.non_words": False}), run_dir).is_complete()
+
+
 def test_seed_retries_use_deterministic_seeds(tmp_path, scripted):
     profile = _profile()
     SeedStage(profile, _run_input(tmp_path / "a", profile)).run()

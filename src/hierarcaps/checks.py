@@ -127,12 +127,19 @@ def prompt_phrases(prompt_names: Iterable[str]) -> frozenset[Phrase]:
 
 
 def copied_example_phrase(tier: str, caption: str, phrases: Collection[Phrase]) -> str | None:
-    """The first example bigram in `tier` with a word the caption does not have ("red coat"), or None."""
+    """The shortest span of `tier` that holds an example bigram with a word the caption does not have ("red coat"),
+    or None."""
     if not phrases:
         return None
     have = {_stem(w) for w in _ALPHA.findall(caption.lower())}
-    stems = [_stem(w) for w in content_words(tier)]
-    return next((" ".join(bigram) for bigram in zip(stems, stems[1:]) if bigram in phrases and not set(bigram) <= have), None)
+    tokens = _ALPHA.findall(tier.lower())
+    content = [i for i, w in enumerate(tokens) if w not in FUNCTION_WORDS]
+    spans = [
+        tokens[a : b + 1]
+        for a, b in zip(content, content[1:])
+        if (pair := (_stem(tokens[a]), _stem(tokens[b]))) in phrases and not set(pair) <= have
+    ]
+    return " ".join(min(spans, key=len)) if spans else None
 
 
 # ------------------------------------------------------------------ the rules

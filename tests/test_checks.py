@@ -1,0 +1,118 @@
+"""The degenerate-text checks (issue #11): each rejects its case with its own reason and a detail naming the tier
+and word, keeps real rows of the development share that look like it, and can be switched off."""
+
+from __future__ import annotations
+
+import pytest
+
+from hierarcaps.checks import (
+    check_hierarchy,
+    copied_example_phrase,
+    echoed_word,
+    english_words,
+    non_words,
+    prompt_phrases,
+    repeated_content_word,
+)
+from hierarcaps.config import ChecksConfig, load_profile
+from hierarcaps.inputs import load_hierarchies
+from hierarcaps.judge import Judge
+
+PHRASES = prompt_phrases(["seed_v1", "augment_v1"])
+
+# Real rows of hierarcaps_coco_auto (development share), verbatim: (positive, negative).
+BROWN_DOG = (
+    ["dog", "brown dog", "a brown dog hangs out of a car window .", "A brown dog hanging it's head out of a car window."],
+    ["structure", "dog sitting", "brown dog sitting in the grass",
+     "a brown dog , who is a black breed , hangs out of a car window , not long before it is rained ."],
+)
+COMPUTER = (
+    ["computer", "computer table", "computer table with a set of books and a computer screen",
+     "An office desk with two computer screens, books diagrams and a phone on it."],
+    ["football", "laptop", "close up of a computer table",
+     "a table with books and computer screen , a laptop and laptop on white background"],
+)
+DETOUR = (
+    ["detour", "detour sign", "detour sign indicating wegomlegging", "Portable sign stating Wegomlegging which is Detour in Dutch"],
+    ["people", "street detour", "person walked along detour sign .", "detour sign on a highway showing wegomlegging"],
+)
+
+
+def _check(row, cfg=None):
+    positive, negative = row
+    return check_hierarchy(positive, negative, positive[-1], cfg or ChecksConfig(), PHRASES)
+
+
+def _with(row, side: int, tier: int, text: str):
+    changed = [list(row[0]), list(row[1])]
+    changed[side][tier - 1] = text
+    return changed[0], changed[1]
+
+
+@pytest.mark.parametrize("row", [BROWN_DOG, COMPUTER, DETOUR], ids=["brown-dog", "computer", "detour"])
+def test_real_rows_that_look_degenerate_are_kept(row):
+    # "brown dog" is a prompt example's phrase but the caption has it; "computer" repeats in a long tier;
+    # "wegomlegging" is no English word but the caption's own.
+    assert _check(row) is None
+
+
+def test_a_tier_copied_from_the_prompt_examples_is_rejected():
+    reason, detail = _check(_with(BROWN_DOG, 0, 3, "a brown dog in a red coat with an umbrella"))
+    assert reason == "positive_copied_example" and "positive tier 3" in detail and "'red coat'" in detail
+    reason, detail = _check(_with(BROWN_DOG, 1, 3, "brown dog on the beach at sunset"))
+    assert reason == "negative_copied_example" and "negative tier 3" in detail and "'beach at sunset'" in detail
+    assert _check(_with(BROWN_DOG, 0, 3, "a brown dog in a red coat with an umbrella"), ChecksConfig(copied_example=False)) is None
+
+
+def test_a_content_word_said_twice_in_a_short_tier_is_rejected():
+    reason, detail = _check(_with(COMPUTER, 0, 3, "a computer with a computer"))
+    assert reason == "positive_repeated_word" and "positive tier 3" in detail and "'computer'" in detail
+    reason, detail = _check(_with(COMPUTER, 1, 2, "a laptop in front of a laptop"))
+    assert reason == "negative_repeated_word" and "negative tier 2" in detail and "'laptop'" in detail
+    assert _check(_with(COMPUTER, 0, 3, "a computer with a computer"), ChecksConfig(repeated_word=False)) is None
+
+
+def test_a_word_that_is_no_word_is_rejected():
+    reason, detail = _check(_with(DETOUR, 1, 2, "street detuor"))
+    assert reason == "negative_non_word" and "negative tier 2" in detail and "'detuor'" in detail
+    reason, detail = _check(_with(DETOUR, 0, 3, "detour sign indicating cral stroom"))
+    assert reason == "positive_non_word" and "'cral', 'stroom'" in detail
+    assert _check(_with(DETOUR, 1, 2, "street detuor"), ChecksConfig(non_words=False)) is None
+
+
+def test_repeat_detectors():
+    # the plain measure counts any repeat; the filter's rule only a word echoed in a short tier
+    assert repeated_content_word("a tennis player on a tennis court") == "tennis"
+    assert echoed_word("a tennis player on a tennis court") is None
+    assert echoed_word("a bus with a bus") == "bus" and echoed_word("a pole in front of a pole") == "pole"
+    assert echoed_word("fruit fruit") == "fruit" and echoed_word("a bus with a red bus") is None
+    # a word the caption itself says twice may repeat
+    assert repeated_content_word("a train on a train track", "A train on a train track.") is None
+    assert echoed_word("a train on a train", "A train on a train track.") is None
+    assert repeated_content_word("a dog and a cat") is None and repeated_content_word("the dog of the dog") == "dog"
+
+
+def test_word_list_and_example_phrases():
+    assert len(english_words()) > 100_000 and {"giraffe", "frisbee", "skateboarder"} <= english_words()
+    assert non_words("a cral in the stroom", {"cral"}) == ["stroom"] and non_words("a man's dog-sled") == []
+    assert {("red", "coat"), ("beach", "sunset"), ("brown", "dog")} <= PHRASES
+    assert copied_example_phrase("woman in a red coat with a suitcase", "A man on a horse.", PHRASES) == "red coat"
+    assert copied_example_phrase("a dog on the beach at sunset", "Sunset at the beach with two dogs.", PHRASES) is None
+    assert copied_example_phrase("a red coat", "A man.", ()) is None
+
+
+def test_judge_reads_its_phrases_from_the_profiles_prompts(tmp_path):
+    prompt = tmp_path / "seed_try.txt"
+    prompt.write_text("Caption: A green parrot on a wooden fence.\n1: bird\n2: parrot\n3: green parrot\nNegative:\n"
+                      "1: dog\n2: red parrot\n3: green parrot in a cage\n4: A green parrot in a cage.\n\nCaption: $caption\n")
+    judge = Judge(load_profile("offline", {"seed.prompt": str(prompt)}))
+    assert ("green", "parrot") in judge.phrases and ("red", "coat") not in judge.phrases
+    assert "seed_try.txt" in " ".join(judge.fingerprint_parts()["example_prompts_sha256"])
+
+
+def test_checks_keep_95_percent_of_the_development_share(shared_data):
+    table, _ = load_hierarchies(shared_data / "hierarcaps_coco_auto" / "hierarcaps_coco_auto.csv.gz")
+    judge = Judge(load_profile("offline"))
+    rows = table.slice(0, 3000).to_pylist()
+    kept = sum(judge.structural(r["positive"], r["negative"], r["caption"]) is None for r in rows)
+    assert kept >= 0.95 * len(rows), f"{kept}/{len(rows)}"
