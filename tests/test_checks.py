@@ -43,12 +43,6 @@ def _check(row, cfg=None):
     return check_hierarchy(positive, negative, positive[-1], cfg or ChecksConfig(), PHRASES)
 
 
-def _with(row, side: int, tier: int, text: str):
-    changed = [list(row[0]), list(row[1])]
-    changed[side][tier - 1] = text
-    return changed[0], changed[1]
-
-
 @pytest.mark.parametrize("row", [BROWN_DOG, COMPUTER, DETOUR], ids=["brown-dog", "computer", "detour"])
 def test_real_rows_that_look_degenerate_are_kept(row):
     # "brown dog" is a prompt example's phrase but the caption has it; "computer" repeats in a long tier;
@@ -56,28 +50,23 @@ def test_real_rows_that_look_degenerate_are_kept(row):
     assert _check(row) is None
 
 
-def test_a_tier_copied_from_the_prompt_examples_is_rejected():
-    reason, detail = _check(_with(BROWN_DOG, 0, 3, "a brown dog in a red coat with an umbrella"))
-    assert reason == "positive_copied_example" and "positive tier 3" in detail and "'red coat'" in detail
-    reason, detail = _check(_with(BROWN_DOG, 1, 3, "brown dog on the beach at sunset"))
-    assert reason == "negative_copied_example" and "negative tier 3" in detail and "'beach at sunset'" in detail
-    assert _check(_with(BROWN_DOG, 0, 3, "a brown dog in a red coat with an umbrella"), ChecksConfig(copied_example=False)) is None
-
-
-def test_a_content_word_said_twice_in_a_short_tier_is_rejected():
-    reason, detail = _check(_with(COMPUTER, 0, 3, "a computer with a computer"))
-    assert reason == "positive_repeated_word" and "positive tier 3" in detail and "'computer'" in detail
-    reason, detail = _check(_with(COMPUTER, 1, 2, "a laptop in front of a laptop"))
-    assert reason == "negative_repeated_word" and "negative tier 2" in detail and "'laptop'" in detail
-    assert _check(_with(COMPUTER, 0, 3, "a computer with a computer"), ChecksConfig(repeated_word=False)) is None
-
-
-def test_a_word_that_is_no_word_is_rejected():
-    reason, detail = _check(_with(DETOUR, 1, 2, "street detuor"))
-    assert reason == "negative_non_word" and "negative tier 2" in detail and "'detuor'" in detail
-    reason, detail = _check(_with(DETOUR, 0, 3, "detour sign indicating cral stroom"))
-    assert reason == "positive_non_word" and "'cral', 'stroom'" in detail
-    assert _check(_with(DETOUR, 1, 2, "street detuor"), ChecksConfig(non_words=False)) is None
+@pytest.mark.parametrize(
+    ("row", "side", "tier", "text", "reason", "named", "switch"),
+    [
+        (BROWN_DOG, 0, 3, "a brown dog in a red coat with an umbrella", "positive_copied_example", "'red coat'", "copied_example"),
+        (BROWN_DOG, 1, 3, "brown dog on the beach at sunset", "negative_copied_example", "'beach at sunset'", "copied_example"),
+        (COMPUTER, 0, 3, "a computer with a computer", "positive_repeated_word", "'computer'", "repeated_word"),
+        (COMPUTER, 1, 2, "a laptop in front of a laptop", "negative_repeated_word", "'laptop'", "repeated_word"),
+        (DETOUR, 1, 2, "street detuor", "negative_non_word", "'detuor'", "non_words"),
+        (DETOUR, 0, 3, "detour sign indicating cral stroom", "positive_non_word", "'cral', 'stroom'", "non_words"),
+    ],
+)
+def test_each_degenerate_text_rule_rejects_its_case(row, side, tier, text, reason, named, switch):
+    changed = [list(row[0]), list(row[1])]
+    changed[side][tier - 1] = text
+    got, detail = _check(changed)
+    assert got == reason and f"{('positive', 'negative')[side]} tier {tier} {text!r}" in detail and named in detail
+    assert _check(changed, ChecksConfig(**{switch: False})) is None  # and only that rule caught it
 
 
 def test_repeat_detectors():
