@@ -16,6 +16,19 @@ from hierarcaps import schema
 from hierarcaps.inputs import load_hierarchies
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
 
+# The offline profile's student is SmolLM2 + the shipped LoRA adapter; tests of the stage machinery train a scratch T5
+# of a few thousand parameters instead (the LoRA student has its own tests in test_student.py).
+SCRATCH_T5 = {
+    "distill.student.kind": "seq2seq",
+    "distill.student.threads": None,
+    "distill.epochs": None,
+    "distill.batch_size": 32,
+    "distill.learning_rate": 1e-3,
+    "distill.max_source_len": 64,
+    "distill.directions": ["s2g", "g2s", "neg"],
+    "distill.s2g_repeat": 4,
+}
+
 COCO_AUTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hierarcaps_coco_auto" / "hierarcaps_coco_auto.csv.gz"
 
 

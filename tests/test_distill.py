@@ -13,15 +13,17 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from fake_upstream import COCO_AUTO, coco_rows, write_upstream
+from fake_upstream import COCO_AUTO, SCRATCH_T5, coco_rows, write_upstream
 from hierarcaps import pipeline, schema, shards
 from hierarcaps.config import load_profile
-from hierarcaps.stages.distill import DistillStage, hierarchy_pairs, select_hierarchies, split_of
+from hierarcaps.stages.distill import DistillStage, select_hierarchies, split_of
+from hierarcaps.student.pairs import hierarchy_pairs
 
 pytestmark = pytest.mark.skipif(not COCO_AUTO.exists(), reason="../shared/data is not beside this checkout")
 
 # A student small enough to train a few dozen steps in seconds on a shared 2-core CPU.
 TINY = {
+    **SCRATCH_T5,
     "distill.student.vocab_size": 300,
     "distill.student.d_model": 32,
     "distill.student.d_ff": 64,
@@ -57,21 +59,16 @@ def test_pairs_have_direction_tags_prefixes_and_keep_the_caption_as_tier_4():
         ("s2g: A brown dog runs on the beach at sunset.", "dog => brown dog => brown dog on a beach")
     ]
     g2s = [(p["source_text"], p["target_text"]) for p in pairs if p["direction"] == "g2s"]
-    assert g2s[:4] == [
+    assert g2s == [
         ("g2s:", " => ".join(POS)),
         ("g2s: dog", "brown dog => brown dog on a beach => A brown dog runs on the beach at sunset."),
         ("g2s: dog => brown dog", "brown dog on a beach => A brown dog runs on the beach at sunset."),
         ("g2s: dog => brown dog => brown dog on a beach", "A brown dog runs on the beach at sunset."),
     ]
-    # negatives: positive tiers 1..i-1 -> negative tier i, a valid alternative continuation of that prefix
-    assert g2s[4:] == [
-        ("g2s:", "cat"),
-        ("g2s: dog", "black dog"),
-        ("g2s: dog => brown dog", "brown dog in a park"),
-        ("g2s: dog => brown dog => brown dog on a beach", "A brown dog runs on the beach in the rain."),
-    ]
+    # negatives: the neg direction (its sources are tested in test_student.py)
+    assert [p["target_text"] for p in pairs if p["direction"] == "neg"] == NEG
     assert all(p["id"] == "h1" for p in pairs)
-    assert len(hierarchy_pairs("h1", POS, NEG, include_negatives=False)) == 5
+    assert len(hierarchy_pairs("h1", POS, NEG, ("s2g", "g2s"))) == 5
     assert len(hierarchy_pairs("h1", POS, None)) == 5
 
 
@@ -118,7 +115,7 @@ def test_distill_trains_saves_a_safetensors_student_and_accounts_for_every_row(t
 
     pairs = shards.read_table(stage_dir / "pairs.parquet")
     assert pairs.schema.equals(schema.DISTILL_PAIRS)
-    assert pairs.num_rows == 30 * 9  # every COCO row has a negative: 1 s2g + 4 g2s + 4 negative g2s
+    assert pairs.num_rows == 30 * 9  # every COCO row has a negative: 1 s2g + 4 g2s + 4 neg
     rows = pairs.to_pylist()
     by_id: dict[str, set] = {}
     for r in rows:

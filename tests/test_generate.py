@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fake_upstream import COCO_AUTO, coco_rows, write_upstream
+from fake_upstream import COCO_AUTO, SCRATCH_T5, coco_rows, write_upstream
 from hierarcaps import pipeline, schema, shards
 from hierarcaps.config import load_profile
 from hierarcaps.stage import ShardTask
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not COCO_AUTO.exists(), reason="../shared/data i
 
 # Big enough to memorise 8 hierarchies in a few hundred steps, small enough to do it in seconds.
 STUDENT = {
+    **SCRATCH_T5,
     "distill.student.vocab_size": 500,
     "distill.student.d_model": 64,
     "distill.student.d_ff": 128,
@@ -94,7 +95,7 @@ def test_sampling_is_seeded_per_row_whatever_the_batch(run):
 
 
 class ScriptedStudent:
-    """Stands in for the student: positives from the caption's first word; g2s answers scripted per prefix and call."""
+    """Stands in for the student: positives from the caption's first word; neg answers scripted per prefix and call."""
 
     def __init__(self):
         self.calls: Counter = Counter()
@@ -108,9 +109,13 @@ class ScriptedStudent:
                 outputs.append("no tiers at all" if word == "giraffes" else f"{word} => red {word} => a red {word} here")
                 continue
             assert sample and seed is not None, "negatives must be sampled with per-row seeds"
-            prefix = [t for t in schema.split_tiers(source[4:]) if t]
+            assert source.startswith("neg:") and " | " in source, "negatives come from the neg direction"
+            before, _, contradict = source[4:].partition("|")
+            prefix = [t for t in schema.split_tiers(before.strip()) if t]
             word = prefix[0] if prefix else "x"
             tier = len(prefix) + 1
+            if tier in (2, 3):  # the positive tier to contradict comes with the prefix
+                assert contradict.strip() == [f"red {word}", f"a red {word} here"][tier - 2]
             if word == "empty" and tier == 3:
                 outputs.append("")  # never a usable tier 3 -> negative_empty
             elif tier == 2 and self.calls[source] == 1:
@@ -145,6 +150,6 @@ def test_negatives_resample_copies_and_bad_rows_are_rejected_with_raw_text(run, 
     assert rejects["Giraffes eating leaves."]["raw"] == "no tiers at all" and rejects["Giraffes eating leaves."]["source_row"] == 1
     empty = rejects["Empty room with a chair."]
     assert empty["reason"] == "negative_empty" and "3 samples" in empty["detail"]
-    assert student.calls["g2s: empty => red empty"] == 3  # every try spent on the empty tier
+    assert student.calls["neg: empty => red empty | a red empty here"] == 3  # every try spent on the empty tier
     assert result.stats["negative_resamples"] == 3 + 2  # tier 2 redrawn once for each of 3 rows; tier 3 twice for "empty"
     assert result.stats["reject:student_unparsable"] == 1 and result.stats["reject:negative_empty"] == 1

@@ -196,6 +196,32 @@ def train_nli_cmd(
     )
     console.print(f"artifact: {out} (weights sha256 {card['weights_sha256'][:16]}...); use: --set filter.nli.model={out}")
 
+@app.command("train-student")
+def train_student_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="adapter folder (adapter + tokenizer + student.json + card.json)")],
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="hierarcaps_coco_auto CSV (positive,negative,image_url); default ../shared/data/...")] = None,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 480,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="pairs per step")] = 16,
+    lr: Annotated[float, typer.Option(help="peak learning rate (linear warm-up and decay)")] = 5e-4,
+    s2g_repeat: Annotated[int, typer.Option("--s2g-repeat", help="copies of each caption -> tiers pair")] = 2,
+    seed: Annotated[int, typer.Option(help="seeds the adapter init, batch order and dropout")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (bit-for-bit reproduction needs the same count)")] = 2,
+    work: Annotated[Optional[Path], typer.Option(help="checkpoint folder (a killed run resumes from it)")] = None,
+) -> None:
+    """Train the offline student's shipped start (SmolLM2-135M + LoRA) on the development share."""
+    from hierarcaps.nli.pairs import DEFAULT_DATA
+    from hierarcaps.student.train import train_start
+
+    try:
+        card = train_start(out=out, data=data or DEFAULT_DATA, work=work, steps=steps, batch_size=batch_size, learning_rate=lr,
+                           s2g_repeat=s2g_repeat, seed=seed, threads=threads)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    console.print(f"[yellow]note:[/] {card['description']}")
+    console.print(f"eval loss {card['eval_loss']:.3f}, train loss {card['train_loss']:.3f}, {card['seconds']:.0f} s; "
+                  f"adapter sha256 {card['adapter_sha256'][:16]}...; use: --set distill.student.start={out}")
+
+
 # --- validate commands ---
 
 

@@ -106,6 +106,15 @@ def _cache_gguf(gguf: Path) -> Path:
     return target
 
 
+def causal_lm_source(model: str, package: str | None, gguf_file: str | None) -> str:
+    """What `from_pretrained` loads: the cached dequantized copy of a GGUF shipped in `package`, else `model`."""
+    if not package:
+        return model
+    if not gguf_file:
+        raise GeneratorError(f"model package {package!r} needs gguf_file (the weights file inside it)")
+    return str(_cache_gguf(packaged_path(package, gguf_file)))
+
+
 class TransformersGenerator:
     """Batched chat generation with `transformers` (left padding, stop strings, greedy or seeded sampling).
 
@@ -117,12 +126,7 @@ class TransformersGenerator:
 
         self.cfg = cfg
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-        if cfg.package:
-            if not cfg.gguf_file:
-                raise GeneratorError(f"generator package {cfg.package!r} needs gguf_file (the weights file inside it)")
-            source = str(_cache_gguf(packaged_path(cfg.package, cfg.gguf_file)))
-        else:
-            source = cfg.model
+        source = causal_lm_source(cfg.model, cfg.package, cfg.gguf_file)
         self.model_id = generator_id(cfg)
         started = time.perf_counter()
         self.device = resolve_device(cfg.device)

@@ -1,6 +1,8 @@
-"""The seq2seq student of the distill and generate stages: a T5-family model and its tokenizer.
+"""The student of the distill and generate stages: a T5-family model and its tokenizer, or a causal LM with a LoRA
+adapter (`StudentConfig.kind = "causal-lora"`, engines/student_lm.py). Every function here takes either, so the
+distill and generate stages never know which they have.
 
-Two ways to get one, the same classes either way (so the paper's path is the tested path):
+Two ways to get a T5 student, the same classes either way (so the paper's path is the tested path):
 - `StudentConfig.pretrained` set (paper: google/flan-t5-base): `AutoTokenizer` + `AutoModelForSeq2SeqLM.from_pretrained`.
 - offline (`pretrained = None`): a byte-level BPE tokenizer is trained with `tokenizers` on the run's own training
   texts (a 2K vocabulary trains a tiny T5 ~6x faster on CPU than T5's 32K/49K ones) and a small
@@ -54,10 +56,37 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
-def build_student(cfg: StudentConfig, texts: Sequence[str]):
-    """(model, tokenizer): pretrained from `cfg.pretrained`, else a scratch T5 with a BPE vocabulary fit to `texts`."""
+ARTIFACTS = Path(__file__).resolve().parents[1] / "student" / "artifacts"
+
+
+def student_start(cfg: StudentConfig) -> Path | None:
+    """The adapter a causal-lora student starts from: "packaged:<name>" (shipped with hierarcaps), a dir, or None."""
+    if cfg.start is None:
+        return None
+    path = ARTIFACTS / cfg.start.split(":", 1)[1] if cfg.start.startswith("packaged:") else Path(cfg.start)
+    if not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"student start {cfg.start!r}: no LoRA adapter at {path} (adapter_config.json missing)")
+    return path
+
+
+def student_sha256(directory: Path) -> str:
+    """The sha256 of a saved student's weights: the adapter of a causal-lora student, else the whole model."""
+    from hierarcaps.shards import sha256_file
+
+    directory = Path(directory)
+    adapter = directory / "adapter_model.safetensors"
+    return sha256_file(adapter if adapter.exists() else directory / "model.safetensors")
+
+
+def build_student(cfg: StudentConfig, texts: Sequence[str], device: str = "cpu"):
+    """(model, tokenizer): a causal LM + LoRA adapter (`cfg.kind`), a pretrained seq2seq model from
+    `cfg.pretrained`, or a scratch T5 with a BPE vocabulary fit to `texts`."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
+    if cfg.kind == "causal-lora":
+        from hierarcaps.engines.student_lm import build_lm_student
+
+        return build_lm_student(cfg, student_start(cfg), device)
     if cfg.pretrained:
         log.info("student: loading pretrained %s", cfg.pretrained)
         overrides = {} if cfg.dropout is None else {"dropout_rate": cfg.dropout}
@@ -114,28 +143,43 @@ def _quiet_transformers():
 def save_student(model, tokenizer, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "student_meta"):
+        from hierarcaps.engines.student_lm import save_lm_student
+
+        return save_lm_student(model, tokenizer, directory)
     with _quiet_transformers():
         model.save_pretrained(directory, safe_serialization=True)
         tokenizer.save_pretrained(directory)
 
 
-def load_student(directory: str | Path, device: str = "cpu"):
-    """(model, tokenizer) from a directory written by `save_student` (or any local seq2seq checkpoint)."""
+def load_student(directory: str | Path, device: str = "cpu", trainable: bool = False):
+    """(model, tokenizer) from a directory written by `save_student` (or any local seq2seq checkpoint); in eval mode
+    unless `trainable` (a checkpoint to resume training from)."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from hierarcaps.engines.student_lm import is_lm_student, load_lm_student
+
     directory = Path(directory)
+    if is_lm_student(directory):
+        with _quiet_transformers():
+            return load_lm_student(directory, device, trainable)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory}: no student model here (config.json missing); run the distill stage")
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = AutoModelForSeq2SeqLM.from_pretrained(directory).to(device)
-    model.eval()
+    if not trainable:
+        model.eval()
     return model, tokenizer
 
 
 def student_threads(cfg: StudentConfig, device: str) -> int | None:
-    """1 thread for a scratch student on CPU (see `torch_threads`), else torch's default."""
-    return 1 if device == "cpu" and not cfg.pretrained else None
+    """On CPU: `cfg.threads`, else 1 thread for a scratch T5 (see `torch_threads`); otherwise torch's default."""
+    if device != "cpu":
+        return None
+    if cfg.threads is not None:
+        return cfg.threads
+    return 1 if cfg.kind == "seq2seq" and not cfg.pretrained else None
 
 
 class SeededSampler:
@@ -182,6 +226,8 @@ def student_generate(
     row (`seed` is a list of per-row seeds, or an int from which row i gets seed + i)."""
     from transformers import LogitsProcessorList
 
+    from hierarcaps.engines.student_lm import lm_generate
+
     sources = list(sources)
     seeds = [seed + i for i in range(len(sources))] if isinstance(seed, int) else list(seed)
     if len(seeds) != len(sources):
@@ -191,13 +237,17 @@ def student_generate(
     model.eval()
     for lo in range(0, len(sources), batch_size):
         batch = sources[lo : lo + batch_size]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_len).to(model.device)
         extra = {}
         if sample:
             sampler = SeededSampler(seeds[lo : lo + batch_size], temperature, top_p, model.device)
             extra = {"logits_processor": LogitsProcessorList([sampler]), "num_beams": 1}
         else:
             extra = {"num_beams": num_beams}
+        if not model.config.is_encoder_decoder:
+            outputs.extend(lm_generate(model, tokenizer, batch, max_new_tokens=max_new_tokens, max_source_len=max_source_len,
+                                       logits_processor=extra.get("logits_processor"), num_beams=extra["num_beams"]))
+            continue
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_len).to(model.device)
         ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, **extra)
         outputs.extend(t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True))
     return outputs

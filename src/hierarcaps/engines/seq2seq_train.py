@@ -2,7 +2,8 @@
 
 Why not `Seq2SeqTrainer`: resuming it exactly needs its pickled RNG/optimizer files and its own dataloader
 skipping; here everything the next step depends on is a function of (seed, step) or is in the checkpoint:
-- batch order: epoch e shuffles with a generator seeded (seed, e), so step s always sees the same batch;
+- batch order: epoch e shuffles with a generator seeded (seed, e) and groups similar lengths (`epoch_batches`), so
+  step s always sees the same batch;
 - dropout: the global RNG is reseeded with (seed, step) before each step;
 - learning rate: a pure function of the step (linear warm-up, linear decay), no scheduler state;
 - model weights + tokenizer (`save_pretrained`, safetensors), AdamW moments (safetensors) and the step, running
@@ -98,13 +99,19 @@ def learning_rate(step: int, total: int, base: float) -> float:
 
 
 class _Batches:
-    """Token ids encoded once; padded batches made on demand."""
+    """Token ids encoded once; padded batches made on demand. A causal student reads source and target as one
+    sequence (engines/student_lm.py); a seq2seq student reads the source and predicts the target."""
 
-    def __init__(self, tokenizer, pairs: Pairs, cfg: DistillConfig):
+    def __init__(self, tokenizer, pairs: Pairs, cfg: DistillConfig, causal: bool = False):
+        from hierarcaps.engines.student_lm import encode_pairs
+
         self.pad = tokenizer.pad_token_id
+        self.causal = causal
         self.sources: list[list[int]] = []
         self.targets: list[list[int]] = []
-        if pairs:  # tokenizers cannot encode an empty batch (eval_fraction = 0)
+        if causal:
+            self.sources, self.targets = encode_pairs(tokenizer, pairs, cfg.max_source_len, cfg.max_target_len)
+        elif pairs:  # tokenizers cannot encode an empty batch (eval_fraction = 0)
             self.sources = tokenizer([s for s, _ in pairs], truncation=True, max_length=cfg.max_source_len)["input_ids"]
             self.targets = tokenizer([t for _, t in pairs], truncation=True, max_length=cfg.max_target_len)["input_ids"]
 
@@ -116,13 +123,43 @@ class _Batches:
             width = max(len(r) for r in rows)
             return torch.tensor([r + [value] * (width - len(r)) for r in rows], device=device)
 
+        if self.causal:
+            from hierarcaps.engines.student_lm import collate_left
+
+            return collate_left([self.sources[i] for i in indices], [self.targets[i] for i in indices], self.pad, device)
         src = [self.sources[i] for i in indices]
         ids = pad(src, self.pad)
         return {"input_ids": ids, "attention_mask": (pad([[1] * len(r) for r in src], 0)), "labels": pad([self.targets[i] for i in indices], -100)}
 
 
+def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(mean token loss, target tokens) for either kind of student."""
+    if model.config.is_encoder_decoder:
+        return model(**batch).loss, int((batch["labels"] != -100).sum())
+    from hierarcaps.engines.student_lm import causal_loss
+
+    return causal_loss(model, batch)
+
+
 def _order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+BUCKET = 16  # batches per length bucket
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch, a pure function of (seed, epoch): shuffle, then sort each run of BUCKET batches by
+    length and shuffle the batches of the run. Padding was more than half of a causal student's tokens without it
+    (measured: 71 real of 155 tokens per second); batches stay mixed across the epoch."""
+    order = _order(len(lengths), seed, epoch)
+    rng = torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
+    batches: list[list[int]] = []
+    for lo in range(0, len(order), batch_size * BUCKET):
+        run = sorted(order[lo : lo + batch_size * BUCKET], key=lambda i: lengths[i])
+        chunk = [run[j : j + batch_size] for j in range(0, len(run), batch_size)]
+        batches += [chunk[k] for k in torch.randperm(len(chunk), generator=rng).tolist()]
+    return batches
 
 
 @torch.no_grad()
@@ -133,9 +170,8 @@ def eval_loss(model, batches: _Batches, batch_size: int, device: str) -> float |
     model.eval()
     total, tokens = 0.0, 0
     for lo in range(0, len(batches), batch_size):
-        batch = batches.collate(list(range(lo, min(lo + batch_size, len(batches)))), device)
-        n = int((batch["labels"] != -100).sum())
-        total += float(model(**batch).loss) * n
+        loss, n = batch_loss(model, batches.collate(list(range(lo, min(lo + batch_size, len(batches)))), device))
+        total += float(loss) * n
         tokens += n
     model.train()
     return total / max(1, tokens)
@@ -164,30 +200,37 @@ def train_student(
     resumed = latest_checkpoint(checkpoint_dir, fingerprint)
     if resumed:
         path, state = resumed
-        model, tokenizer = load_student(path, device)
+        model, tokenizer = load_student(path, device, trainable=True)
         log.info("distill: resuming from checkpoint %s (step %d)", path.name, state["step"])
     else:
         torch.manual_seed(cfg.seed)  # the initial weights of a scratch student
         model, tokenizer = build()
         model.to(device)
         state = {"fingerprint": fingerprint, "step": 0, "epoch_loss_sum": 0.0, "epoch_steps": 0, "log": [], "resumes": []}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+    # only what trains: a LoRA student's frozen base has no optimizer state to save
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.01)
     if resumed:
         _load_optimizer(optimizer, resumed[0], state.pop("param_groups"))
         state["resumes"].append(state["step"])
-    train_b, eval_b = _Batches(tokenizer, train, cfg), _Batches(tokenizer, evaluate, cfg)
+    causal = not model.config.is_encoder_decoder
+    train_b, eval_b = _Batches(tokenizer, train, cfg, causal), _Batches(tokenizer, evaluate, cfg, causal)
     per_epoch = math.ceil(len(train_b) / cfg.batch_size)
+    lengths = [len(s) for s in train_b.sources]
+    epoch_cache: dict[int, list[list[int]]] = {}
     total = cfg.epochs * per_epoch if cfg.epochs else cfg.max_steps
     start_step, started = state["step"], time.perf_counter()
     on_step(start_step, total)
     model.train()
     for step in range(start_step, total):
         epoch, pos = divmod(step, per_epoch)
-        indices = _order(len(train_b), cfg.seed, epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
+        if epoch not in epoch_cache:
+            epoch_cache.clear()
+            epoch_cache[epoch] = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        indices = epoch_cache[epoch][pos]
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: same masks on a resumed run
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, cfg.learning_rate)
-        loss = model(**train_b.collate(indices, device)).loss
+        loss, _ = batch_loss(model, train_b.collate(indices, device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

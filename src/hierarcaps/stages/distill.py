@@ -1,20 +1,18 @@
-"""Stage `distill`: fine-tune the seq2seq student on the seed + augment hierarchies, in both directions.
+"""Stage `distill`: fine-tune the student on the seed + augment hierarchies, in the directions generate uses.
 
-Training pairs (a direction tag starts every source; tiers are joined with " => "):
-- s2g (specific -> general): "s2g: <caption>"  ->  "t1 => t2 => t3"  (the caption stays tier 4, never generated)
-- g2s (general -> specific), i = 0..3: "g2s: t1 => ... => ti"  ->  "t(i+1) => ... => t4"; i = 0 is "g2s:" alone, so
-  the generate stage can sample a tier-1 alternative from nothing.
-- g2s negatives (`include_negatives`, default on), i = 1..4: "g2s: t1 => ... => t(i-1)"  ->  "n_i". A negative tier i
-  entails positive tier i-1 and contradicts tier i, so it is a valid alternative continuation of that prefix; training
-  on it teaches the student that a prefix has several continuations, which is what sampled negatives draw on. Its
-  target is the one tier (the negative's later tiers do not continue it), and generate reads only the first tier.
-The split is by hierarchy (sha256 of its id), so no hierarchy has pairs in both train and eval. In training the s2g
-pairs are repeated `s2g_repeat` times (default 4): a hierarchy has one s2g pair but up to eight g2s pairs, and every
-generated positive comes from s2g. `pairs.parquet` lists each pair once.
+Training pairs are defined once in student/pairs.py (s2g: caption -> tiers 1-3; g2s: prefix -> rest; neg: prefix |
+positive tier i -> negative tier i). The split is by hierarchy (sha256 of its id), so no hierarchy has pairs in both
+train and eval. In training the s2g pairs are repeated `s2g_repeat` times: a hierarchy has one s2g pair but up to
+eight other pairs, and every generated positive comes from s2g. `pairs.parquet` lists each pair once.
+
+Two kinds of student (engines/seq2seq.py): a T5 (paper: flan-t5-base, or a scratch T5) trained here, or a causal LM
+with a LoRA adapter that starts from a shipped adapter trained on real hierarchies (offline: SmolLM2-135M; see
+student/train.py) and is fine-tuned here on the run's accepted seeds. When no seed or augment row was accepted, a
+student with a start is used as it is (the manifest says so); one without a start cannot be trained and the stage fails.
 
 Outputs: `part-00000.parquet` (the hierarchies trained on), `rejects-00000.parquet` (duplicates / malformed rows),
-`pairs.parquet` (schema.DISTILL_PAIRS), `checkpoints/`, `training_log.json` (loss per epoch) and `model/`
-(safetensors + tokenizer), which the generate stage loads.
+`pairs.parquet` (schema.DISTILL_PAIRS), `checkpoints/`, `training_log.json` (loss per epoch) and `model/`, which
+the generate stage loads.
 """
 
 from __future__ import annotations
@@ -34,31 +32,15 @@ from hierarcaps.config import DistillConfig
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError
 from hierarcaps.stats import Stats
+from hierarcaps.student.pairs import S2G, hierarchy_pairs
 
 log = logging.getLogger(__name__)
 
-S2G, G2S = "s2g", "g2s"
 MODEL_DIR, PAIRS_FILE, LOG_FILE, CHECKPOINTS = "model", "pairs.parquet", "training_log.json", "checkpoints"
 OFFLINE_NOTE = (
     "the offline student is a tiny T5 trained from scratch on a few dozen hierarchies of this run: it is weak "
     "(expect repetitive, often wrong tiers) and is not the paper's flan-t5-base student"
 )
-
-
-def source_text(direction: str, tiers: list[str]) -> str:
-    return f"{direction}: {schema.SEPARATOR.join(tiers)}".rstrip()
-
-
-def hierarchy_pairs(row_id: str, positive: list[str], negative: list[str] | None, include_negatives: bool = True) -> list[dict]:
-    """The training pairs of one hierarchy (without `split`), in a fixed order."""
-    join = schema.SEPARATOR.join
-    pairs = [{"id": row_id, "direction": S2G, "source_text": source_text(S2G, [positive[3]]), "target_text": join(positive[:3])}]
-    for i in range(schema.TIERS):
-        pairs.append({"id": row_id, "direction": G2S, "source_text": source_text(G2S, positive[:i]), "target_text": join(positive[i:])})
-    if include_negatives and negative is not None:
-        for i in range(1, schema.TIERS + 1):
-            pairs.append({"id": row_id, "direction": G2S, "source_text": source_text(G2S, positive[: i - 1]), "target_text": negative[i - 1]})
-    return pairs
 
 
 def split_of(row_id: str, eval_fraction: float) -> str:
@@ -116,6 +98,8 @@ class DistillStage(Stage):
 
     def student_id(self) -> str:
         s = self.cfg.student
+        if s.kind == "causal-lora":
+            return f"{s.base_model} + LoRA r={s.lora_r} (start: {s.start or 'new adapter'})"
         if s.pretrained:
             return s.pretrained
         return f"t5-scratch(d_model={s.d_model},layers={s.num_layers},vocab={s.vocab_size})"
@@ -123,9 +107,15 @@ class DistillStage(Stage):
     def models(self) -> dict[str, str]:
         return {"student": self.student_id()}
 
+    def fingerprint_parts(self) -> dict[str, Any]:
+        from hierarcaps.engines.seq2seq import student_start, student_sha256
+
+        start = student_start(self.cfg.student) if self.cfg.student.kind == "causal-lora" else None
+        return {"student_start_sha256": student_sha256(start)} if start else {}
+
     def process(self, task: ShardTask) -> ShardOutput:
         from hierarcaps.engines.runtime import torch_threads
-        from hierarcaps.engines.seq2seq import build_student, save_student, student_threads
+        from hierarcaps.engines.seq2seq import build_student, student_threads
         from hierarcaps.engines.seq2seq_train import train_student
 
         # each row remembers its shard and row number, so a reject says where it came from
@@ -135,14 +125,15 @@ class DistillStage(Stage):
             for n, row in enumerate(shards.read_table(Path(path)).to_pylist())
         ]
         kept, rejects = select_hierarchies(rows)
-        if not kept:
+        has_start = self.cfg.student.kind == "causal-lora" and self.cfg.student.start is not None
+        if not kept and not has_start:
             raise StageError(f"distill: none of the {len(rows)} seed/augment hierarchies is usable; nothing to train on")
         pairs = [
             {**p, "split": split_of(row["id"], self.cfg.eval_fraction)}
             for row in kept
-            for p in hierarchy_pairs(row["id"], row["positive"], row["negative"], self.cfg.include_negatives)
+            for p in hierarchy_pairs(row["id"], row["positive"], row["negative"], tuple(self.cfg.directions))
         ]
-        if not any(p["split"] == "train" for p in pairs):
+        if kept and not any(p["split"] == "train" for p in pairs):
             raise StageError(f"distill: all {len(kept)} hierarchies fell in the eval split; lower distill.eval_fraction")
         shards.write_table(pa.Table.from_pylist(pairs, schema=schema.DISTILL_PAIRS), self.dir / PAIRS_FILE)
         train = [
@@ -160,28 +151,28 @@ class DistillStage(Stage):
         def on_step(done: int, total: int) -> None:
             # the progress bar counts rows; training is nearly all of this stage's time, so move it with the steps
             nonlocal advanced
-            target = len(rows) * done // total
+            target = len(rows) * done // max(1, total)
             self.advance(target - advanced)
             advanced = target
 
         with torch_threads(student_threads(self.cfg.student, device)):
-            model, tokenizer, summary = train_student(
-                lambda: build_student(self.cfg.student, texts),
-                train,
-                evaluate,
-                self.cfg,
-                checkpoint_dir=self.dir / CHECKPOINTS,
-                fingerprint=self.fingerprint(),
-                log_path=self.dir / LOG_FILE,
-                device=device,
-                on_step=on_step,
-            )
-        tmp = self.dir / f".tmp-{MODEL_DIR}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_student(model, tokenizer, tmp)
-        shutil.rmtree(self.dir / MODEL_DIR, ignore_errors=True)
-        tmp.rename(self.dir / MODEL_DIR)
-        shards.atomic_write_json(self.dir / MODEL_DIR / "training_summary.json", {**summary, "fingerprint": self.fingerprint()})
+            if train:
+                model, tokenizer, summary = train_student(
+                    lambda: build_student(self.cfg.student, texts, device),
+                    train,
+                    evaluate,
+                    self.cfg,
+                    checkpoint_dir=self.dir / CHECKPOINTS,
+                    fingerprint=self.fingerprint(),
+                    log_path=self.dir / LOG_FILE,
+                    device=device,
+                    on_step=on_step,
+                )
+            else:  # nothing accepted: the shipped start, unchanged
+                model, tokenizer = build_student(self.cfg.student, texts, device)
+                summary = {"total_steps": 0, "steps_run": 0, "seconds": 0.0, "steps_per_second": None, "eval_loss": None,
+                           "train_loss": None, "resumed_from_step": None}
+        self._save_model(model, tokenizer, {**summary, "hierarchies": len(kept), "fingerprint": self.fingerprint()})
         stats = Stats()
         stats.set("train_pairs", sum(p["split"] == "train" for p in pairs))
         stats.set("eval_pairs", len(evaluate))
@@ -193,18 +184,37 @@ class DistillStage(Stage):
         out = pa.Table.from_pylist([{k: r.get(k) for k in schema.HIERARCHIES.names} for r in kept], schema=schema.HIERARCHIES)
         return ShardOutput(out, schema.rejects_table(rejects), stats)
 
+    def _save_model(self, model, tokenizer, summary: dict) -> None:
+        from hierarcaps.engines.seq2seq import save_student
+
+        tmp = self.dir / f".tmp-{MODEL_DIR}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_student(model, tokenizer, tmp)
+        shards.atomic_write_json(tmp / "training_summary.json", summary)
+        shutil.rmtree(self.dir / MODEL_DIR, ignore_errors=True)
+        tmp.rename(self.dir / MODEL_DIR)
+
+    def note(self, summary: dict) -> str:
+        s = self.cfg.student
+        if s.kind == "causal-lora":
+            if not summary.get("hierarchies"):
+                return (f"no seed or augment hierarchy was accepted, so the student is its start ({s.start}) unchanged: "
+                        f"{s.base_model} with a LoRA adapter trained on the original pipeline's hierarchies")
+            return f"student: {s.base_model} + LoRA from {s.start or 'a new adapter'}, fine-tuned for {summary['total_steps']} steps on this run's accepted seeds"
+        if s.pretrained:
+            return f"student: {s.pretrained} fine-tuned for {summary['total_steps']} steps"
+        return OFFLINE_NOTE
+
     def manifest_extra(self) -> dict[str, Any]:
+        from hierarcaps.engines.seq2seq import student_sha256
+
         model_dir = self.dir / MODEL_DIR
         summary = json.loads((model_dir / "training_summary.json").read_text())
         split = shards.read_table(self.dir / PAIRS_FILE, ["split"])["split"].to_pylist()
-        if self.cfg.student.pretrained:
-            note = f"student: {self.cfg.student.pretrained} fine-tuned for {summary['total_steps']} steps"
-        else:
-            note = OFFLINE_NOTE
         eval_loss = summary["eval_loss"]
         return {
             "model_dir": str(model_dir.relative_to(self.run_dir)),
-            "model_sha256": shards.sha256_file(model_dir / "model.safetensors"),
+            "model_sha256": student_sha256(model_dir),
             "pairs_file": PAIRS_FILE,
             "train_pairs": split.count("train"),
             "eval_pairs": split.count("eval"),
@@ -212,5 +222,5 @@ class DistillStage(Stage):
             "train_loss": summary["train_loss"],
             "total_steps": summary["total_steps"],
             "steps_per_second": summary["steps_per_second"],
-            "note": note + ("" if eval_loss is None else f" (final eval loss {eval_loss:.2f})"),
+            "note": self.note(summary) + ("" if eval_loss is None else f" (final eval loss {eval_loss:.2f})"),
         }

@@ -3,10 +3,10 @@
 - positive: s2g on the caption ("s2g: <caption>" -> "t1 => t2 => t3"), greedy or beam (`generate.num_beams`);
   positive = [t1, t2, t3, caption]. Output that is not exactly three non-empty tiers is rejected
   (`student_unparsable`, raw text kept).
-- negative: for tier i = 1..4, g2s from positive tiers 1..i-1 ("g2s: t1 => ... => t(i-1)"), *sampled*
-  (`negative_temperature`, `negative_top_p`), and the first generated tier is negative tier i. A sample equal to
-  positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own seed, so a
-  row's negative does not depend on the batch it shared. If every try is empty the row is rejected
+- negative: for tier i = 1..4, the neg direction from positive tiers 1..i-1 and the positive tier i it must
+  contradict ("neg: t1 => ... => t(i-1) | p_i"), *sampled* (`negative_temperature`, `negative_top_p`). A sample
+  equal to positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own
+  seed, so a row's negative does not depend on the batch it shared. If every try is empty the row is rejected
   (`negative_empty`); if every try equals the positive, the last one is kept and the filter stage rejects it.
 Nothing here checks meaning: the filter stage tests with NLI that negative i contradicts positive i and entails
 positive i-1, as the HierarCaps paper builds its negatives.
@@ -27,7 +27,7 @@ from hierarcaps.checks import normalize
 from hierarcaps.config import GenerateConfig
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
-from hierarcaps.stages.distill import G2S, S2G, source_text
+from hierarcaps.student.pairs import S2G, negative_source, source_text
 from hierarcaps.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class GenerateStage(Stage):
             if attempt:
                 stats.add("negative_resamples", len(pending))
             texts = self._generate(
-                [source_text(G2S, r["positive"][: tier - 1]) for r in pending],
+                [negative_source(r["positive"], tier) for r in pending],
                 sample=True,
                 temperature=self.cfg.negative_temperature,
                 top_p=self.cfg.negative_top_p,
@@ -174,6 +174,6 @@ class GenerateStage(Stage):
 
     def manifest_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"model_dir": self.distill_manifest["model_dir"]}
-        if not self.profile.distill.student.pretrained:
+        if self.profile.distill.student.kind == "seq2seq" and not self.profile.distill.student.pretrained:
             extra["note"] = "hierarchies written by the weak offline student (see the distill note); negatives are unfiltered samples"
         return extra
