@@ -138,7 +138,7 @@ class ChecksConfig(Section):
     repeated_word: bool = True  # "a bus with a bus": a content word again after <= repeat_max_gap function words
     repeat_max_gap: int = Field(4, ge=0)  # 4: "a pole in front of a pole"
     # Only short tiers: in longer ones real text repeats ("a tennis player on a tennis court"); at 3 the rule
-    # rejects 2.1% of the development rows, at 4 3.2%, with no content-word limit 7.7%.
+    # rejects 2.0% of the development rows, at 4 3.2%, with no content-word limit 7.5%.
     repeat_max_content_words: int = Field(3, ge=2)
     non_words: bool = True  # a word in neither wordfreq's English list nor the caption
     word_min_zipf: float = Field(0.0, ge=0.0, description="0 = any word of wordfreq's large English list")
