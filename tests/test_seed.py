@@ -207,6 +207,28 @@ def test_seed_is_redone_when_the_filter_model_or_checks_change(tmp_path, scripte
     assert not SeedStage(_profile(**{"filter.checks.non_words": False}), run_dir).is_complete()
 
 
+@pytest.mark.parametrize(("threshold", "kept"), [(0.0, 2), (1.0, 0)])
+def test_seed_is_judged_by_the_small_profiles_cross_encoder(tmp_path, monkeypatch, threshold, kept):
+    """The small profile's NLI class (a transformers MNLI cross-encoder; here a tiny random one) and its config
+    thresholds decide which seeds are kept."""
+    from test_nli_engines import _tiny_classifier
+
+    _, model_dir = _tiny_classifier(tmp_path, "bert")
+    fake = ScriptedGenerator()
+    monkeypatch.setattr(llm, "load_generator", lambda cfg: fake)
+    overrides = {"seed.limit": 4, "filter.nli.model": str(model_dir), "filter.nli.device": "cpu",
+                 "filter.nli.entail_threshold": threshold, "filter.nli.contradict_threshold": threshold}
+    profile = load_profile("small", overrides)
+    run_dir = _run_input(tmp_path, profile)
+    manifest = SeedStage(profile, run_dir).run()
+    stats = manifest["stats"]
+    assert stats["rows_in"] == 4 == stats["rows_out"] + stats["rows_rejected"] and stats["rows_out"] == kept
+    assert stats["pass:structural"] == 2 and manifest["models"]["nli"] == str(model_dir) and "note" not in manifest
+    nli_rejects = [r for r in _rows(run_dir / "seed", "rejects") if r["reason"].startswith("nli_")]
+    assert len(nli_rejects) == 2 - kept
+    assert all(json.loads(r["detail"])["threshold"] == threshold for r in nli_rejects)
+
+
 def test_seed_retries_use_deterministic_seeds(tmp_path, scripted):
     profile = _profile()
     SeedStage(profile, _run_input(tmp_path / "a", profile)).run()
