@@ -153,3 +153,28 @@ def test_negatives_resample_copies_and_bad_rows_are_rejected_with_raw_text(run, 
     assert student.calls["neg: empty => red empty | a red empty here"] == 3  # every try spent on the empty tier
     assert result.stats["negative_resamples"] == 3 + 2  # tier 2 redrawn once for each of 3 rows; tier 3 twice for "empty"
     assert result.stats["reject:student_unparsable"] == 1 and result.stats["reject:negative_empty"] == 1
+
+
+def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likely(run, tmp_path):
+    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
+                                   "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    stage = GenerateStage(load_profile("offline", overrides={**STUDENT, "generate.negative_candidates": 3, "generate.negative_tries": 1}), run)
+    scored = []
+
+    def student(sources, sample=False, seed=None, **kwargs):
+        if not sample:
+            return ["zebras => red zebras => a red zebras here"] * len(sources)
+        assert len(sources) == 3 and len(set(seed)) == 3, "three candidates per row, each with its own seed"
+        return ["red zebras", "a much longer candidate", "short"]  # the first copies positive tier 2
+
+    def score(sources, targets):
+        scored.append(list(targets))
+        return [float(len(t)) for t in targets]  # stands in for the student's log-probability
+
+    stage._generate, stage._score = student, score
+    result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
+    assert result.out.to_pylist()[0]["negative"] == ["a much longer candidate"] * 4
+    assert "red zebras" not in scored[1], "a copy of the positive is never a candidate"
+    assert result.stats["negative_ranked"] == 4

@@ -19,6 +19,7 @@ from hierarcaps.engines.seq2seq import (
     load_student,
     save_student,
     student_generate,
+    student_score,
     student_sha256,
     train_tokenizer,
 )
@@ -102,6 +103,10 @@ def test_lora_student_trains_saves_loads_and_resumes_from_its_adapter(tiny_base,
     loaded, loaded_tok = load_student(tmp_path / "student")
     assert loaded.config.is_encoder_decoder is False
     assert student_generate(loaded, loaded_tok, sources, max_new_tokens=12, max_source_len=128) == before
+    # the student's own likelihood ranks what it was trained on above other text (generate ranks negatives by it)
+    trained = student_score(loaded, loaded_tok, sources, [t for _, t in PAIRS], max_source_len=128)
+    swapped = student_score(loaded, loaded_tok, sources, [t for _, t in PAIRS[1:] + PAIRS[:1]], max_source_len=128)
+    assert sum(a > b for a, b in zip(trained, swapped)) >= 4
     # sampling is seeded per row, whatever the batch
     one = student_generate(loaded, loaded_tok, sources, sample=True, seed=[5, 6, 7, 8, 9], max_new_tokens=12, max_source_len=128, batch_size=5)
     split = [student_generate(loaded, loaded_tok, [s], sample=True, seed=[k], max_new_tokens=12, max_source_len=128)[0]

@@ -124,7 +124,9 @@ class GenerateConfig(Section):
     max_new_tokens: int = 48
     negative_temperature: float = 1.0  # negatives are sampled, as in the paper
     negative_top_p: float = 0.95
-    negative_tries: int = Field(2, ge=1, description="samples per tier; the first that differs from the positive wins")
+    negative_tries: int = Field(2, ge=1, description="tries per tier; a try whose samples all copy the positive is redone")
+    # samples per try; of the usable ones the student's most likely is kept (never ranked by the filter's models)
+    negative_candidates: int = Field(1, ge=1)
     seed: int = 0
     device: str = "auto"
 

@@ -251,3 +251,25 @@ def student_generate(
         ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, **extra)
         outputs.extend(t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True))
     return outputs
+
+
+@torch.no_grad()
+def student_score(model, tokenizer, sources: Sequence[str], targets: Sequence[str], *, batch_size: int = 64,
+                  max_source_len: int = 128, max_target_len: int = 64) -> list[float]:
+    """The student's mean log-probability per target token of each target given its source (higher = more typical)."""
+    from hierarcaps.engines.student_lm import _mean_target_logprob, lm_score
+
+    pairs = list(zip(sources, targets))
+    scores: list[float] = []
+    model.eval()
+    for lo in range(0, len(pairs), batch_size):
+        batch = pairs[lo : lo + batch_size]
+        if not model.config.is_encoder_decoder:
+            scores += lm_score(model, tokenizer, batch, max_source_len, max_target_len)
+            continue
+        enc = tokenizer([s for s, _ in batch], return_tensors="pt", padding=True, truncation=True, max_length=max_source_len).to(model.device)
+        labels = tokenizer([t for _, t in batch], return_tensors="pt", padding=True, truncation=True, max_length=max_target_len)["input_ids"].to(model.device)
+        labels = labels.masked_fill(labels == tokenizer.pad_token_id, -100)
+        logits = model(**enc, labels=labels).logits.float()
+        scores += _mean_target_logprob(logits, labels)
+    return scores

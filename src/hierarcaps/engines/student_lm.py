@@ -147,3 +147,22 @@ def causal_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     n = int((flat != -100).sum())
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), flat, ignore_index=-100)
     return loss, n
+
+
+@torch.no_grad()
+def lm_score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_source_len: int, max_target_len: int) -> list[float]:
+    """Mean log-probability per target token (eos included) of each (source, target), one batch."""
+    inputs, labels = encode_pairs(tokenizer, pairs, max_source_len, max_target_len)
+    batch = collate_left(inputs, labels, tokenizer.pad_token_id, model.device)
+    keep = max(sum(1 for x in row if x != -100) for row in labels) + 1
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
+                   logits_to_keep=keep).logits[:, :-1].float()
+    targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1 :]
+    return _mean_target_logprob(logits, targets)
+
+
+def _mean_target_logprob(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    mask = targets != -100
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return ((picked * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()

@@ -8,6 +8,9 @@
   equal to positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own
   seed, so a row's negative does not depend on the batch it shared. If every try is empty the row is rejected
   (`negative_empty`); if every try equals the positive, the last one is kept and the filter stage rejects it.
+  With `negative_candidates` > 1 each try draws that many samples per row and keeps the usable one with the highest
+  mean log-probability under the student itself: a signal the filter never decides by (selecting with the filter's
+  own NLI model games it: issue 11 measured 73/100 accepted rows of garbage that way).
 Nothing here checks meaning: the filter stage tests with NLI that negative i contradicts positive i and entails
 positive i-1, as the HierarCaps paper builds its negatives.
 """
@@ -142,31 +145,57 @@ class GenerateStage(Stage):
                         "negative": row["negative"], "source": "generate", "model": self.model_label()})
         return out, rejects
 
+    def _score(self, sources: list[str], targets: list[str]) -> list[float]:
+        from hierarcaps.engines.seq2seq import student_score
+
+        model, tokenizer = self.student
+        return student_score(model, tokenizer, sources, targets, batch_size=self.cfg.batch_size,
+                             max_source_len=self.profile.distill.max_source_len)
+
     def _sample_negative_tier(self, rows: list[dict], tier: int, stats: Stats) -> None:
-        """Fill negative[tier-1] of every row: one batched sampling call per try, only for rows still unresolved."""
-        pending = list(rows)
+        """Fill negative[tier-1] of every row: one batched sampling call per try, only for rows still unresolved.
+        Each try draws `negative_candidates` samples per row; of those that are usable (not empty, not the positive)
+        the one the student itself finds most likely is kept."""
+        pending, k = list(rows), self.cfg.negative_candidates
         for attempt in range(self.cfg.negative_tries):
             if not pending:
                 return
             if attempt:
                 stats.add("negative_resamples", len(pending))
+            sources = [negative_source(r["positive"], tier) for r in pending]
             texts = self._generate(
-                [negative_source(r["positive"], tier) for r in pending],
+                [s for s in sources for _ in range(k)],
                 sample=True,
                 temperature=self.cfg.negative_temperature,
                 top_p=self.cfg.negative_top_p,
-                seed=[row_seed(self.cfg.seed, r["id"], tier, attempt) for r in pending],
+                seed=[row_seed(self.cfg.seed, r["id"], tier, attempt * k + j) for r in pending for j in range(k)],
             )
-            still = []
-            for row, text in zip(pending, texts):
-                candidate = first_tier(text)
-                row["raw_negative"][tier - 1] = text
-                if candidate:
-                    row["negative"][tier - 1] = candidate
-                if not candidate or normalize(candidate) == normalize(row["positive"][tier - 1]):
-                    still.append(row)
+            still, choices = [], []
+            for n, row in enumerate(pending):
+                drawn = texts[n * k : (n + 1) * k]
+                usable = [c for c in dict.fromkeys(first_tier(t) for t in drawn) if c and normalize(c) != normalize(row["positive"][tier - 1])]
+                row["raw_negative"][tier - 1] = drawn[-1]
+                if usable:
+                    choices.append((row, sources[n], usable))
+                    continue
+                copies = [first_tier(t) for t in drawn if first_tier(t)]
+                if copies:
+                    row["negative"][tier - 1] = copies[-1]
+                still.append(row)
+            self._choose(choices, tier, stats)
             pending = still
         stats.add("negative_same_as_positive", sum(1 for r in pending if r["negative"][tier - 1]))
+
+    def _choose(self, choices: list[tuple[dict, str, list[str]]], tier: int, stats: Stats) -> None:
+        """Set each row's negative tier to its most likely usable candidate (by the student, not by the filter)."""
+        ranked = [(source, c) for _, source, usable in choices if len(usable) > 1 for c in usable]
+        scores = iter(self._score([s for s, _ in ranked], [c for _, c in ranked]) if ranked else [])
+        for row, _, usable in choices:
+            if len(usable) > 1:
+                stats.add("negative_ranked")
+                row["negative"][tier - 1] = max(zip([next(scores) for _ in usable], usable))[1]
+            else:
+                row["negative"][tier - 1] = usable[0]
 
     def _reject(self, row: dict, reason: str, detail: str, raw: str | None, positive: list[str] | None = None) -> dict:
         return {"id": row["id"], "stage": self.name, "reason": reason, "detail": detail, "caption": row["caption"], "positive": positive,
