@@ -52,6 +52,15 @@ def content_words(text: str) -> list[str]:
     return [w for w in _ALPHA.findall(text.lower()) if w not in FUNCTION_WORDS]
 
 
+def caption_words(text: str) -> frozenset[str]:
+    """Every alphabetic word of `text`, lowercased: the words a tier may take from its caption (`non_words`)."""
+    return frozenset(_ALPHA.findall(text.lower()))
+
+
+def _said_twice(caption: str | None) -> set[str]:
+    return {w for w, n in Counter(content_words(caption or "")).items() if n > 1}
+
+
 def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
@@ -62,7 +71,7 @@ def _stem(word: str) -> str:
 def repeated_content_word(tier: str, caption: str | None = None) -> str | None:
     """The first content word that `tier` has twice or more, or None; a word the caption itself has twice does not
     count. The plain measure ("rows repeating a content word"); the filter's rule is the narrower `echoed_word`."""
-    allowed = {w for w, n in Counter(content_words(caption or "")).items() if n > 1}
+    allowed = _said_twice(caption)
     counts = Counter(content_words(tier))
     return next((w for w, n in counts.items() if n > 1 and w not in allowed), None)
 
@@ -72,7 +81,7 @@ def echoed_word(tier: str, caption: str | None = None, max_gap: int = 4, max_con
     tier of at most `max_content_words` content words; a word the caption has twice does not count."""
     if len(content_words(tier)) > max_content_words:
         return None
-    allowed = {w for w, n in Counter(content_words(caption or "")).items() if n > 1}
+    allowed = _said_twice(caption)
     tokens = _ALPHA.findall(tier.lower())
     for i, word in enumerate(tokens):
         if word in FUNCTION_WORDS or word in allowed:
@@ -173,13 +182,13 @@ def check_tiers(tiers: list[str] | None, label: str, cfg: ChecksConfig) -> tuple
 def check_text(tiers: list[str], label: str, caption: str, cfg: ChecksConfig, phrases: Collection[Phrase]) -> tuple[str, str] | None:
     """The degenerate-text rules on each tier (the positive's tier 4, the caption itself, is not judged)."""
     judged = tiers[: TIERS - 1] if label == "positive" else tiers
-    caption_words = frozenset(_ALPHA.findall(caption.lower()))
+    allowed = caption_words(caption)
     for i, tier in enumerate(judged, start=1):
         if cfg.copied_example and (phrase := copied_example_phrase(tier, caption, phrases)):
             return f"{label}_copied_example", f"{label} tier {i} {tier!r} has {phrase!r} from the prompt's worked examples, which the caption lacks"
         if cfg.repeated_word and (word := echoed_word(tier, caption, cfg.repeat_max_gap, cfg.repeat_max_content_words)):
             return f"{label}_repeated_word", f"{label} tier {i} {tier!r} repeats {word!r}"
-        if cfg.non_words and (odd := non_words(tier, caption_words, cfg.word_min_zipf)):
+        if cfg.non_words and (odd := non_words(tier, allowed, cfg.word_min_zipf)):
             return f"{label}_non_word", f"{label} tier {i} {tier!r} has non-word(s) {', '.join(repr(w) for w in odd)}"
     return None
 

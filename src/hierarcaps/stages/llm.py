@@ -101,7 +101,8 @@ class LLMStage(Stage):
 
     def models(self) -> dict[str, str]:
         # From the config, not the loaded models: finalize() must not load an LLM just to name it.
-        return {"generator": generator_id(self.generator_config), "nli": self.judge.nli.model_id if self.judge.nli_loaded else self.judge.nli_id}
+        nli = self.judge.nli.model_id if self.judge.nli_loaded else self.judge.nli_id
+        return {"generator": generator_id(self.generator_config), "nli": nli}
 
     def manifest_extra(self) -> dict:
         # Without a row to judge the NLI model was never loaded; finalize() does not load it just to describe it.
