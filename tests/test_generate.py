@@ -54,6 +54,10 @@ def run(tmp_path_factory) -> Path:
 def test_parse_general_tiers_accepts_exactly_three_non_empty_tiers():
     assert parse_general_tiers("dog => brown dog => brown dog on a beach") == ["dog", "brown dog", "brown dog on a beach"]
     assert parse_general_tiers(" dog=>brown dog =>  a dog ") == ["dog", "brown dog", "a dog"]
+    # a tier said twice, or the caption as tier 3, is not a hierarchy
+    assert parse_general_tiers("dog => brown dog => Brown dog.") is None
+    assert parse_general_tiers("dog => brown dog => a brown dog", caption="A brown dog!") is None
+    assert parse_general_tiers("dog => brown dog => a brown dog", caption="A brown dog runs.") == ["dog", "brown dog", "a brown dog"]
     for bad in ["dog => brown dog", "a => b => c => d", "dog =>  => a dog", "", "just a sentence"]:
         assert parse_general_tiers(bad) is None, bad
 
@@ -178,3 +182,29 @@ def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likel
     assert result.out.to_pylist()[0]["negative"] == ["a much longer candidate"] * 4
     assert "red zebras" not in scored[1], "a copy of the positive is never a candidate"
     assert result.stats["negative_ranked"] == 4
+
+
+def test_a_positive_that_says_a_tier_twice_is_sampled_again_then_rejected(run, tmp_path):
+    captions = ["Cats sleeping on a couch.", "Dogs in a park."]
+    table = pa.Table.from_pylist([{"id": f"c{i}", "caption": c, "image_url": None, "source_file": "x.csv", "source_row": i}
+                                  for i, c in enumerate(captions)], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    stage = GenerateStage(load_profile("offline", overrides={**STUDENT, "generate.positive_tries": 3}), run)
+    seen = []
+
+    def student(sources, sample=False, seed=None, **kwargs):
+        if not sources[0].startswith("s2g: "):
+            return [f"other {i}" for i in range(len(sources))]
+        seen.append((sample, list(sources)))
+        if not sample:
+            return ["cat => cat on a couch => cat on a couch", "dog => dog in a park => dog in a park"]
+        # a sampled retry fixes the cats; the dogs repeat a tier on every try
+        return ["cat => cat on a couch => cats asleep on a couch" if "Cats" in s else "dog => dog => dog" for s in sources]
+
+    stage._generate = student
+    result = stage.process(ShardTask("generate", 0, (str(path),), 0, 2))
+    assert [r["positive"][:3] for r in result.out.to_pylist()] == [["cat", "cat on a couch", "cats asleep on a couch"]]
+    assert [r["reason"] for r in result.rejects.to_pylist()] == ["student_unparsable"]
+    assert seen[0][0] is False and [len(s) for _, s in seen] == [2, 2, 1]  # greedy, then only the rows still broken
+    assert result.stats["positive_resamples"] == 3

@@ -122,6 +122,9 @@ class GenerateConfig(Section):
     batch_size: int = Field(64, ge=1)
     num_beams: int = 1
     max_new_tokens: int = 48
+    # a positive that is not a hierarchy (a tier said twice) is sampled again at this temperature, up to positive_tries
+    positive_tries: int = Field(1, ge=1)
+    positive_temperature: float = Field(0.7, gt=0.0)
     negative_temperature: float = 1.0  # negatives are sampled, as in the paper
     negative_top_p: float = 0.95
     negative_tries: int = Field(2, ge=1, description="tries per tier; a try whose samples all copy the positive is redone")

@@ -5,8 +5,8 @@ already knows English, where a T5 trained from scratch on a run's few dozen hier
 unseen captions accepted from scratch, 59 with a first LoRA probe). A pair (source, target) is the text
 `source + "\\n" + target + eos`; only the target tokens carry loss, and generation reads up to eos or a newline.
 
-A saved student is the adapter (`adapter_config.json`, `adapter_model.safetensors`), the tokenizer and `student.json`,
-which names the base model, so a directory is loaded without knowing its config. Nothing is pickled.
+A saved student is the adapter (`adapter_config.json`, `adapter_model.safetensors`) and `student.json`, which names the
+base model (and so the tokenizer), so a directory is loaded without knowing its config. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -68,9 +68,12 @@ def build_lm_student(cfg: StudentConfig, start: Path | None, device: str = "cpu"
 
 
 def save_lm_student(model, tokenizer, directory: Path) -> None:
+    """The adapter and `student.json`; not the tokenizer, which is the base model's and is loaded with it."""
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
+    for config in model.peft_config.values():  # the base's id, not the local cache path it was loaded from
+        config.base_model_name_or_path = model.student_meta["base_model"]
+    # LoRA never trains the embeddings; saying so stops peft from looking the base id up on the hub
+    model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
     (directory / META).write_text(json.dumps(model.student_meta, indent=2, sort_keys=True) + "\n")
 
 

@@ -1,8 +1,8 @@
 """Stage `generate`: the distilled student writes a positive and a negative hierarchy for every input caption.
 
 - positive: s2g on the caption ("s2g: <caption>" -> "t1 => t2 => t3"), greedy or beam (`generate.num_beams`);
-  positive = [t1, t2, t3, caption]. Output that is not exactly three non-empty tiers is rejected
-  (`student_unparsable`, raw text kept).
+  positive = [t1, t2, t3, caption]. Output that is not three distinct non-empty tiers (other than the caption) is
+  sampled again (`positive_tries`, `positive_temperature`), then rejected (`student_unparsable`, raw text kept).
 - negative: for tier i = 1..4, the neg direction from positive tiers 1..i-1 and the positive tier i it must
   contradict ("neg: t1 => ... => t(i-1) | p_i"), *sampled* (`negative_temperature`, `negative_top_p`). A sample
   equal to positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own
@@ -36,10 +36,14 @@ from hierarcaps.stats import Stats
 log = logging.getLogger(__name__)
 
 
-def parse_general_tiers(text: str) -> list[str] | None:
-    """"t1 => t2 => t3" -> [t1, t2, t3]; None unless exactly three non-empty tiers."""
+def parse_general_tiers(text: str, caption: str | None = None) -> list[str] | None:
+    """"t1 => t2 => t3" -> [t1, t2, t3]; None unless exactly three non-empty tiers, all different from each other
+    and from the caption (a tier said twice is not a hierarchy; greedy decoding sometimes writes tier 2 again)."""
     tiers = schema.split_tiers(text)
-    return tiers if len(tiers) == schema.TIERS - 1 and all(tiers) else None
+    if len(tiers) != schema.TIERS - 1 or not all(tiers):
+        return None
+    distinct = {normalize(t) for t in tiers} | ({normalize(caption)} if caption is not None else set())
+    return tiers if len(distinct) == len(tiers) + (caption is not None) else None
 
 
 def first_tier(text: str) -> str:
@@ -121,13 +125,14 @@ class GenerateStage(Stage):
         return ShardOutput(table, schema.rejects_table(rejects), stats)
 
     def _process_batch(self, rows: list[dict], stats: Stats) -> tuple[list[dict], list[dict]]:
-        raw = self._generate([source_text(S2G, [r["caption"]]) for r in rows], num_beams=self.cfg.num_beams)
+        raw = self._positives(rows, stats)
         live, rejects = [], []
         for row, text in zip(rows, raw):
-            tiers = parse_general_tiers(text)
+            tiers = parse_general_tiers(text, row["caption"])
             if tiers is None:
                 stats.reject("student_unparsable")
-                rejects.append(self._reject(row, "student_unparsable", f"s2g output is not 3 tiers joined by ' => ': {text!r}", text))
+                detail = f"s2g output is not 3 distinct tiers (other than the caption) joined by ' => ': {text!r}"
+                rejects.append(self._reject(row, "student_unparsable", detail, text))
                 continue
             stats.add("s2g_parsed")
             live.append({**row, "positive": tiers + [row["caption"]], "negative": [None] * schema.TIERS, "raw_negative": [None] * schema.TIERS})
@@ -144,6 +149,22 @@ class GenerateStage(Stage):
             out.append({"id": row["id"], "caption": row["caption"], "image_url": row.get("image_url"), "positive": row["positive"],
                         "negative": row["negative"], "source": "generate", "model": self.model_label()})
         return out, rejects
+
+    def _positives(self, rows: list[dict], stats: Stats) -> list[str]:
+        """s2g text per row: greedy (or beam) first; rows whose text is not a hierarchy are sampled again, up to
+        `positive_tries` in all, each row and try with its own seed."""
+        sources = [source_text(S2G, [r["caption"]]) for r in rows]
+        texts = self._generate(sources, num_beams=self.cfg.num_beams)
+        for attempt in range(1, self.cfg.positive_tries):
+            bad = [i for i, (row, text) in enumerate(zip(rows, texts)) if parse_general_tiers(text, row["caption"]) is None]
+            if not bad:
+                break
+            stats.add("positive_resamples", len(bad))
+            again = self._generate([sources[i] for i in bad], sample=True, temperature=self.cfg.positive_temperature,
+                                   top_p=self.cfg.negative_top_p, seed=[row_seed(self.cfg.seed, rows[i]["id"], 0, attempt) for i in bad])
+            for i, text in zip(bad, again):
+                texts[i] = text
+        return texts
 
     def _score(self, sources: list[str], targets: list[str]) -> list[float]:
         from hierarcaps.engines.seq2seq import student_score
