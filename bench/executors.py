@@ -26,13 +26,14 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
-from fake_upstream import coco_rows, write_upstream  # noqa: E402  (real seed/augment shards from shared COCO rows)
+from fake_upstream import SCRATCH_T5, coco_rows, write_upstream  # noqa: E402  (real seed/augment shards from shared COCO rows)
 from hierarcaps import pipeline, shards  # noqa: E402
 from hierarcaps.config import load_profile  # noqa: E402
 from hierarcaps.executor import LocalExecutor  # noqa: E402
 from hierarcaps.ray_executor import RayExecutor  # noqa: E402
 
-STUDENT = {  # the offline profile's student, trained briefly: generation cost per row like a real run's
+STUDENT = {  # a scratch T5 of the default size, trained briefly: generation cost per row like a real run's
+    **SCRATCH_T5,
     "distill.max_steps": 150,
     "distill.checkpoint_every": 150,
     "distill.eval_fraction": 0.0,

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fake_upstream import COCO_AUTO, coco_rows, write_upstream
+from fake_upstream import COCO_AUTO, SCRATCH_T5, coco_rows, write_upstream
 from hierarcaps import pipeline, shards
 from hierarcaps.config import load_profile
 
@@ -42,6 +42,7 @@ pytestmark = [
 
 # A student that trains in seconds; what it writes does not matter here, only that the bytes are reproducible.
 TINY = {
+    **SCRATCH_T5,
     "distill.student.vocab_size": 300,
     "distill.student.d_model": 32,
     "distill.student.d_ff": 64,
