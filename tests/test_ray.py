@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fake_upstream import COCO_AUTO, SCRATCH_T5, coco_rows, write_upstream
+from fake_upstream import COCO_AUTO, coco_rows, write_upstream
 from hierarcaps import pipeline, shards
 from hierarcaps.config import load_profile
+from test_distill import TINY as TINY_STUDENT
 
 ROOT = Path(__file__).resolve().parent
 RAY = Path(sys.executable).parent / "ray"
@@ -40,16 +42,10 @@ pytestmark = [
     pytest.mark.skipif(not COCO_AUTO.exists(), reason="../shared/data is not beside this checkout"),
 ]
 
-# A student that trains in seconds; what it writes does not matter here, only that the bytes are reproducible.
+# test_distill's tiny scratch T5, trained a little longer; what it writes does not matter here, only that the bytes
+# are reproducible.
 TINY = {
-    **SCRATCH_T5,
-    "distill.student.vocab_size": 300,
-    "distill.student.d_model": 32,
-    "distill.student.d_ff": 64,
-    "distill.student.num_layers": 1,
-    "distill.student.num_heads": 2,
-    "distill.student.d_kv": 16,
-    "distill.batch_size": 8,
+    **TINY_STUDENT,
     "distill.max_steps": 40,
     "distill.checkpoint_every": 40,
     "distill.eval_fraction": 0.0,
@@ -86,7 +82,7 @@ def test_generate_on_a_two_node_ray_cluster_matches_local_and_survives_a_killed_
            sys.executable, str(ROOT / "ray_driver.py"), str(run), str(PORT), json.dumps(TINY)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
-                              env={**__import__("os").environ, "RAY": str(RAY), "RAY_LOG": str(log)})
+                              env={**os.environ, "RAY": str(RAY), "RAY_LOG": str(log)})
     finally:
         subprocess.run([str(RAY), "stop", "--force"], capture_output=True)  # also when the helper itself was killed
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{log.read_text()[-3000:] if log.exists() else ''}"
