@@ -82,7 +82,8 @@ class Stage(ABC):
     # ------------------------------------------------------------ what subclasses provide
 
     @property
-    def config(self) -> Section:
+    def cfg(self) -> Section:
+        """This stage's config section (the part of the profile its fingerprint hashes)."""
         return self.profile.section(self.name)
 
     @abstractmethod
@@ -134,7 +135,7 @@ class Stage(ABC):
             parts = {
                 "stage": self.name,
                 "schema_version": schema.SCHEMA_VERSION,
-                "config": self.config.digest(),
+                "config": self.cfg.digest(),
                 "upstream": self.upstream_digest(),
                 "code": __version__,
                 **self.fingerprint_parts(),
@@ -212,8 +213,8 @@ class Stage(ABC):
             "schema_version": schema.SCHEMA_VERSION,
             "fingerprint": fingerprint,
             "code_version": __version__,
-            "config": self.config.model_dump(mode="json"),
-            "config_sha256": self.config.digest(),
+            "config": self.cfg.model_dump(mode="json"),
+            "config_sha256": self.cfg.digest(),
             "models": self.models(),
             **{k: v for k, v in self.fingerprint_parts().items()},
             "shards": [f for m in markers for f in m["files"]],

@@ -40,7 +40,7 @@ class ExternalStage(Stage):
         self.source = Path(source)
 
     @property
-    def config(self):
+    def cfg(self):
         return self.profile.input  # only rows_per_shard matters here
 
     @cached_property
