@@ -36,7 +36,8 @@ from hierarcaps.engines.base import NLI_LABELS  # noqa: E402
 from hierarcaps.engines.nli import load_nli  # noqa: E402
 from hierarcaps.nli import corrupt, pairs as P  # noqa: E402
 from hierarcaps.cache import cache_root  # noqa: E402
-from hierarcaps.nli.encode import EmbeddingCache, load_encoder  # noqa: E402
+from hierarcaps.engines.embed import load_encoder  # noqa: E402
+from hierarcaps.nli.encode import EmbeddingCache  # noqa: E402
 
 log = logging.getLogger("bench.nli")
 TARGETS = {"originals_kept": 0.90, "semantic_balanced_accuracy": 0.80, "tier3_swap_rejected": 0.60, "structural_rejected": 0.97, "hierarchies_per_s": 20.0}

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 
 from hierarcaps import orchestration
 from hierarcaps.orchestration import Overrides
+from hierarcaps.stages import select_stages
 
 
 def _stage(name: str, out: str, profile: str, set: Overrides, input: str | None = None) -> dict[str, Any]:
@@ -63,8 +64,8 @@ def validate(
     return orchestration.run_validate_flow(data, out, model, profile, set, max_images, device)
 
 
-STAGE_FLOWS = {"input": input_stage, "seed": seed, "augment": augment, "distill": distill, "generate": generate,
-               "filter": filter_stage}
+# Keyed by flow name, which is the stage name (tests check they cover hierarcaps.stages.STAGES).
+STAGE_FLOWS = {f.name: f for f in (input_stage, seed, augment, distill, generate, filter_stage)}
 
 
 @flow(name="build-hierarcaps", description="input -> seed -> augment -> distill -> generate -> filter.")
@@ -74,7 +75,7 @@ def build_hierarcaps(
     """Run the build stages in order as sub-flows; a stage finished with the same fingerprint is reused."""
     orchestration.save_resolved_profile(out, profile, set)
     results: dict[str, dict[str, Any]] = {}
-    for name in orchestration.build_stage_names(stages):
+    for name in select_stages(stages):
         extra = {"input": input} if name == "input" else {}
         results[name] = STAGE_FLOWS[name](out=out, profile=profile, set=set, **extra)
     orchestration.publish_build_summary(results, out)

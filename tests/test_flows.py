@@ -17,6 +17,8 @@ import yaml
 
 from hierarcaps import orchestration, shards
 from hierarcaps.config import load_profile
+from hierarcaps.executor import stage_spec
+from hierarcaps.stages import STAGES, select_stages
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,9 +128,9 @@ def test_overrides_accept_the_cli_list_form_and_a_dict():
     assert orchestration.normalize_overrides(["seed.limit=2", "input.dedupe=false"]) == {"seed.limit": 2, "input.dedupe": False}
     assert orchestration.normalize_overrides({"seed.limit": 2}) == {"seed.limit": 2}
     assert orchestration.normalize_overrides(None) == {}
-    assert orchestration.build_stage_names("seed,input") == ("input", "seed")  # build order, not the given order
+    assert select_stages("seed,input") == ("input", "seed") == select_stages(["seed", "input"])  # build order
     with pytest.raises(ValueError, match="nope"):
-        orchestration.build_stage_names(["nope"])
+        select_stages(["nope"])
 
 
 def test_serve_builds_the_same_offline_deployments_as_prefect_yaml(project, flows_by_entrypoint):
@@ -160,7 +162,7 @@ class PromptStage(Stage):
 
 
 def _key(stage: Stage, task: ShardTask) -> str:
-    params = {"spec": orchestration.stage_spec(stage), "task": task.to_dict(), "fingerprint": stage.fingerprint()}
+    params = {"spec": stage_spec(stage), "task": task.to_dict(), "fingerprint": stage.fingerprint()}
     return orchestration.shard_cache_key(None, params)
 
 
@@ -197,10 +199,13 @@ def test_task_runner_comes_from_config():
     assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
     procs = orchestration.task_runner_for(load_profile("offline", {"runner.task_runner": "processes"}).runner)
     assert isinstance(procs, ProcessPoolTaskRunner)
-    for kind, module in (("dask", "prefect_dask"), ("ray", "prefect_ray")):
-        if importlib.util.find_spec(module) is None:
-            with pytest.raises(StageError, match=f"pip install {module.replace('_', '-')}"):
-                orchestration.task_runner_for(load_profile("offline", {"runner.task_runner": kind}).runner)
+    # a flow runs its shards as Prefect tasks unless the profile asks for the Ray executor
+    assert orchestration.flow_executor(load_profile("offline").runner).name == "prefect"
+    assert orchestration.flow_executor(load_profile("offline", {"runner.executor": "ray"}).runner).name == "ray"
+
+
+def test_the_build_flow_has_one_flow_per_stage_of_the_stage_list(flows):
+    assert set(flows.STAGE_FLOWS) == set(STAGES)
 
 
 # ---------------------------------------------------------------- a flow run against a temporary server

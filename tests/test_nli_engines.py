@@ -141,9 +141,9 @@ def test_minilm_head_is_loaded_lazily_from_its_module(monkeypatch):
         seen["cfg"] = cfg
         return "the-head"
 
-    fake = types.ModuleType("hierarcaps.nli.model")
+    fake = types.ModuleType("hierarcaps.engines.minilm_head")
     fake.load_minilm_head = load_minilm_head
-    monkeypatch.setitem(sys.modules, "hierarcaps.nli.model", fake)
+    monkeypatch.setitem(sys.modules, "hierarcaps.engines.minilm_head", fake)
     cfg = NLIConfig(backend="minilm-head")
     assert load_nli(cfg) == "the-head" and seen["cfg"] is cfg
 

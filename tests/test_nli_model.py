@@ -14,7 +14,8 @@ from hierarcaps.config import NLIConfig
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
 from hierarcaps.nli import corrupt, edits, pairs as P
 from hierarcaps.nli.encode import EmbeddingCache
-from hierarcaps.nli.model import ARTIFACT_DIR, Head, MiniLMHeadNLI, load_artifact, save_artifact
+from hierarcaps.engines.minilm_head import ARTIFACT_DIR, Head, MiniLMHeadNLI, load_artifact
+from hierarcaps.nli.train import save_artifact
 
 POS = ("animal", "dog", "a black dog on a bed", "A black dog sleeps on a neatly made bed.")
 NEG = ("vehicle", "cat", "a black dog on a beach", "A black dog runs on the sand at the beach.")
@@ -221,7 +222,7 @@ def test_load_nli_returns_the_learned_model(tmp_path):
 
 @pytest.mark.slow
 def test_canonical_vectors_do_not_depend_on_batch_mates():
-    from hierarcaps.nli.encode import load_encoder
+    from hierarcaps.engines.embed import load_encoder
 
     enc = load_encoder("minilm", "cpu")
     alone = enc.encode(["a cat eating a bird"])

@@ -116,6 +116,11 @@ def test_deploy_build_offline_and_rerun_one_stage(server, sample_captions, tmp_p
         _stop(served)
 
     _prefect(env, "work-pool", "create", "hierarcaps-local", "--type", "process")
+    # Only the offline deployments: no GPU pool needed (`deploy --all` would fail without one).
+    local_only = " ".join(_prefect(env, "--no-prompt", "deploy", "--name", "offline", timeout=300).stdout.split())
+    for name in ("build-hierarcaps/offline", "seed/offline", "filter/offline", "validate/offline"):
+        assert f"Deployment '{name}' successfully created" in local_only, local_only[-3000:]
+    assert "/paper'" not in local_only and "/small'" not in local_only
     _prefect(env, "work-pool", "create", "hierarcaps-gpu", "--type", "docker",
              "--base-job-template", str(ROOT / "docker" / "gpu-pool.json"))
     deployed = _prefect(env, "--no-prompt", "deploy", "--all", timeout=300).stdout

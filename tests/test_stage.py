@@ -56,7 +56,7 @@ class _Upper(Stage):
     processed: list[int] = []
 
     @property
-    def config(self):
+    def cfg(self):
         return self.profile.input
 
     def plan(self):

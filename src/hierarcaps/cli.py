@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from hierarcaps.stages import STAGES
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build and validate HierarCaps-style caption hierarchies.")
 console = Console(stderr=True)
 # Tables go to stdout; when it is a pipe or a log file, don't squeeze them into 80 columns.
@@ -19,12 +21,20 @@ out_console = Console(width=None if sys.stdout.isatty() else 200)
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="offline | small | paper, or a .toml path")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: section.key=value (repeatable)")]
+ExecutorOpt = Annotated[Optional[str], typer.Option("--executor", help="where shards run: local | ray (default: runner.executor)")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use, e.g. HOST:6379 (runner.ray.address)")]
 
 
-def _overrides(items: list[str] | None) -> dict:
+def _overrides(items: list[str] | None, executor: str | None = None, ray_address: str | None = None) -> dict:
+    """--set items, plus --executor / --ray-address as the runner settings they stand for."""
     from hierarcaps.config import parse_override
 
-    return dict(parse_override(i) for i in items or [])
+    overrides = dict(parse_override(i) for i in items or [])
+    if executor is not None:
+        overrides["runner.executor"] = executor
+    if ray_address is not None:
+        overrides["runner.ray.address"] = ray_address
+    return overrides
 
 
 @app.callback()
@@ -68,14 +78,16 @@ def build(
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory, e.g. runs/demo")],
     profile: ProfileOpt = "offline",
     set_: SetOpt = None,
-    stages: Annotated[Optional[str], typer.Option(help="comma-separated subset, e.g. input,seed")] = None,
+    stages: Annotated[Optional[str], typer.Option(help="comma-separated subset, e.g. input,seed (run in build order)")] = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run input -> seed -> augment -> distill -> generate -> filter; finished stages are reused."""
     from hierarcaps import pipeline, summary
 
-    chosen = tuple(s.strip() for s in stages.split(",")) if stages else pipeline.BUILD_STAGES
     try:
-        manifests = _run_with_progress(pipeline.build, input=input, out=out, profile=profile, overrides=_overrides(set_), stages=chosen)
+        manifests = _run_with_progress(pipeline.build, input=input, out=out, profile=profile,
+                                       overrides=_overrides(set_, executor, ray_address), stages=stages)
     except EXPECTED_ERRORS as err:
         _fail(err)
     out_console.print(summary.to_rich_table(summary.summary_rows(manifests, out)))
@@ -90,17 +102,20 @@ def _print_notes(manifests: dict[str, dict]) -> None:
 
 @app.command("stage")
 def stage_cmd(
-    name: Annotated[str, typer.Argument(help="input | seed | augment | distill | generate | filter")],
+    name: Annotated[str, typer.Argument(help="a stage: " + " | ".join(STAGES))],
     out: Annotated[Path, typer.Option("--out", "-o")],
     profile: ProfileOpt = "offline",
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="caption file (stage 'input' only)")] = None,
     set_: SetOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run (or rerun) one stage on a run directory; upstream stages must be finished."""
     from hierarcaps import pipeline, summary
 
     try:
-        manifest = _run_with_progress(pipeline.run_stage, name=name, run_dir=out, profile=profile, source=input, overrides=_overrides(set_))
+        manifest = _run_with_progress(pipeline.run_stage, name=name, run_dir=out, profile=profile, source=input,
+                                      overrides=_overrides(set_, executor, ray_address))
     except EXPECTED_ERRORS as err:
         _fail(err)
     out_console.print(summary.to_rich_table(summary.summary_rows({name: manifest}, out)))
@@ -246,6 +261,22 @@ def validate_cmd(
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry.get("metrics", {}).items()) or f"failed: {entry.get('error')}"
         console.print(f"[bold]{name}[/]: {metrics}")
     console.print(f"report: {out / 'report.md'} ({result['seconds']:.0f} s)")
+
+
+@app.command("verify")
+def verify_cmd(run: Annotated[Path, typer.Argument(help="run directory, e.g. runs/demo")]) -> None:
+    """Check every stage's shards and markers against their recorded sha256; print each bad file; exit 1 if any."""
+    from hierarcaps.shards import verify_run
+
+    checked, problems = verify_run(run)
+    if not checked:
+        _fail(FileNotFoundError(f"{run}: no stage manifest found; is it a run directory?"))
+    for problem in problems:
+        out_console.print(f"[red]bad:[/] {problem}", soft_wrap=True)
+    console.print(f"{len(checked)} stage(s) checked ({', '.join(checked)}): "
+                  + (f"[bold red]{len(problems)} problem(s)[/]" if problems else "every shard verified"))
+    if problems:
+        raise typer.Exit(1)
 
 
 # --- release commands ---

@@ -181,8 +181,24 @@ class ValidateConfig(Section):
     device: str = "auto"
 
 
+class RayConfig(Section):
+    address: str | None = None  # "auto", "HOST:6379" or "ray://HOST:10001"; None = start a Ray instance on this machine
+    actors: int = Field(2, ge=1, description="actors in the pool; each builds the stage (loads its models) once")
+    num_cpus: float = Field(1.0, ge=0.0, description="CPUs Ray reserves per actor")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor: 1 = one actor per GPU")
+    shard_retries: int = Field(3, ge=0, description="times a shard is handed to another actor after its actor died")
+    start_timeout_seconds: float = Field(600.0, gt=0.0, description="give up when no actor starts (too few resources)")
+
+
 class RunnerConfig(Section):
-    task_runner: Literal["threads", "processes", "dask", "ray"] = "threads"
+    # Where shards run: `local` (this process) or `ray` (an actor pool on a Ray cluster, `runner.ray`). Prefect flows
+    # run `local` as one Prefect task per shard on `task_runner`.
+    executor: Literal["local", "ray"] = "local"
+    # Intra-op torch threads of whatever runs a shard (this process or each Ray actor; None: a Ray actor uses its
+    # num_cpus, a local run leaves torch alone). Float results depend on it: fix it for byte-identical shards.
+    torch_threads: int | None = Field(None, ge=1)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    task_runner: Literal["threads", "processes"] = "threads"  # Prefect's, for the shard tasks of a flow
     max_workers: int = 1
     retries: int = 2
     retry_delay_seconds: list[int] = Field(default_factory=lambda: [5, 30])

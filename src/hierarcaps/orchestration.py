@@ -1,8 +1,9 @@
-"""Prefect glue for the stages: one Prefect task per shard, a content-addressed cache key, the task runner from config.
+"""Prefect glue for the stages: the `prefect` executor (one Prefect task per shard, a content-addressed cache key,
+the task runner from config), the flow bodies, and `hierarcaps serve`.
 
 `flows/` holds only thin `@flow` wrappers that call `run_stage_flow` (one stage), `run_validate_flow` and, for the
-build, `save_resolved_profile` / `publish_build_summary`; the work itself is the stages' `plan()` / `run_shard()` /
-`finalize()` (hierarcaps.stage), exactly as the CLI runs them. `hierarcaps serve` uses `serve()` at the end.
+build, `save_resolved_profile` / `publish_build_summary`. A stage flow runs the loop the CLI runs
+(`executor.run_stage`) with `PrefectExecutor`, or with the Ray executor when `runner.executor = "ray"`.
 
 Caching, two layers:
 - each shard writes a done marker (hierarcaps.shards) that a rerun with the same stage fingerprint skips;
@@ -17,9 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +28,13 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from hierarcaps import pipeline, shards, summary
 from hierarcaps.config import Profile, RunnerConfig, parse_override
+from hierarcaps.executor import Executor, make_executor, remember_stage, run_stage, stage_from_spec
 from hierarcaps.inputs import is_hub_source
 from hierarcaps.stage import ShardTask, Stage, StageError
 
 RESULTS_DIR = ".prefect-results"  # persisted task results live in the run dir, shared by every worker that sees it
 
 Overrides = dict[str, Any] | list[str] | None
-
-
-# ---------------------------------------------------------------- stage objects, rebuilt from plain parameters
 
 
 def normalize_overrides(overrides: Overrides) -> dict[str, Any]:
@@ -50,55 +46,7 @@ def normalize_overrides(overrides: Overrides) -> dict[str, Any]:
     return dict(parse_override(item) for item in overrides)
 
 
-def stage_spec(stage: Stage) -> dict[str, Any]:
-    """Everything needed to rebuild `stage` in another thread or process, as JSON-able values."""
-    return {
-        "stage": stage.name,
-        "run_dir": str(stage.run_dir),
-        "profile": stage.profile.model_dump(mode="json", by_alias=True),
-        "source": str(stage.source) if getattr(stage, "source", None) else None,
-    }
-
-
-# One stage object per (stage, run dir, config, source) and process: stages load their models once per instance
-# (cached_property), and a flow calls run_shard once per shard, so the instance must outlive one task.
-_stages: dict[str, Stage] = {}
-_stages_lock = threading.Lock()
-
-
-def _spec_key(spec: dict) -> str:
-    return shards.sha256_text(json.dumps(spec, sort_keys=True))
-
-
-def remember_stage(stage: Stage) -> dict[str, Any]:
-    spec = stage_spec(stage)
-    with _stages_lock:
-        _stages[_spec_key(spec)] = stage
-    return spec
-
-
-def stage_from_spec(spec: dict[str, Any]) -> Stage:
-    key = _spec_key(spec)
-    with _stages_lock:
-        if key not in _stages:
-            profile = Profile.model_validate(spec["profile"])
-            _stages[key] = pipeline.make_stage(spec["stage"], profile, spec["run_dir"], spec["source"])
-        return _stages[key]
-
-
 # ---------------------------------------------------------------- the shard task and its cache key
-
-_file_digests: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file, memoised on (path, size, mtime): the input stage's tasks all read the one caption file."""
-    stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _file_digests:
-        _file_digests[key] = shards.sha256_file(Path(path))
-    return _file_digests[key]
-
 
 def shard_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Prefect cache key of one shard: stage fingerprint + the task (index, row range) + its input files' sha256."""
@@ -108,7 +56,7 @@ def shard_cache_key(context: Any, parameters: dict[str, Any]) -> str:
         "fingerprint": parameters["fingerprint"],
         "task": {k: shard[k] for k in ("index", "start", "stop")},
         # an `hf:` dataset is no local file: the input stage's fingerprint already records it
-        "inputs": [shards.sha256_text(p) if is_hub_source(p) else file_sha256(p) for p in shard["inputs"]],
+        "inputs": [shards.sha256_text(p) if is_hub_source(p) else shards.sha256_cached(Path(p)) for p in shard["inputs"]],
     }
     return f"hierarcaps-{parts['stage']}-{shard['index']:05d}-" + shards.sha256_text(json.dumps(parts, sort_keys=True))
 
@@ -137,25 +85,11 @@ def run_shard_task(spec: dict[str, Any], task: dict[str, Any], fingerprint: str)
 
 
 def task_runner_for(cfg: RunnerConfig) -> TaskRunner:
-    """The task runner named by `profile.runner.task_runner`; Dask and Ray need their Prefect integration."""
+    """The task runner named by `profile.runner.task_runner` (a cluster is `runner.executor = "ray"` instead)."""
     workers = max(1, cfg.max_workers)
-    if cfg.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=workers)
     if cfg.task_runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
-    if cfg.task_runner == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise StageError("runner.task_runner = 'dask' needs prefect-dask: pip install prefect-dask") from None
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers})
-    if cfg.task_runner == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError:
-            raise StageError("runner.task_runner = 'ray' needs prefect-ray: pip install prefect-ray") from None
-        return RayTaskRunner()
-    raise StageError(f"unknown runner.task_runner {cfg.task_runner!r}")
+    return ThreadPoolTaskRunner(max_workers=workers)
 
 
 # ---------------------------------------------------------------- flow bodies
@@ -187,20 +121,28 @@ def result_storage(run_dir: Path) -> LocalFileSystem:
     return storage
 
 
-def _submit_shards(stage: Stage, tasks: list[ShardTask]) -> list[dict | None]:
-    cfg = stage.profile.runner
-    spec = remember_stage(stage)
-    fingerprint = stage.fingerprint()
-    base = run_shard_task.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_seconds,
-                                       result_storage=result_storage(stage.run_dir))
-    fresh = base.with_options(refresh_cache=True)
-    with task_runner_for(cfg) as runner:
-        futures = []
-        for shard in tasks:
-            done = shards.shard_is_done(stage.dir, shard.index, fingerprint)
-            params = {"spec": spec, "task": shard.to_dict(), "fingerprint": fingerprint}
-            futures.append(runner.submit(base if done else fresh, params))
-        return [future.result() for future in futures]
+class PrefectExecutor(Executor):
+    """Every shard as one Prefect task (`run-shard`) on the task runner of `runner.task_runner`, inside a flow run.
+
+    A shard already done on disk is submitted with the cache allowed, so the run shows it as `Cached`; any other
+    shard with `refresh_cache=True`, so a deleted or damaged shard is redone instead of served from the cache."""
+
+    name = "prefect"
+
+    def run_shards(self, stage: Stage, tasks: list[ShardTask]) -> list[dict | None]:
+        cfg = stage.profile.runner
+        spec = remember_stage(stage)
+        fingerprint = stage.fingerprint()
+        base = run_shard_task.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_seconds,
+                                           result_storage=result_storage(stage.run_dir))
+        fresh = base.with_options(refresh_cache=True)
+        with task_runner_for(cfg) as runner:
+            futures = []
+            for shard in tasks:
+                done = shards.shard_is_done(stage.dir, shard.index, fingerprint)
+                params = {"spec": spec, "task": shard.to_dict(), "fingerprint": fingerprint}
+                futures.append(runner.submit(base if done else fresh, params))
+            return [future.result() for future in futures]
 
 
 def publish_summary(key: str, manifests: dict[str, dict], run_dir: str | Path, title: str) -> str:
@@ -218,27 +160,23 @@ def stage_logs_at_info() -> None:
         stage_logger.setLevel(logging.INFO)
 
 
+def flow_executor(runner: RunnerConfig) -> Executor:
+    """Inside a flow, `runner.executor = "local"` means one Prefect task per shard; `ray` is the Ray actor pool."""
+    return make_executor(runner) if runner.executor == "ray" else PrefectExecutor()
+
+
 def run_stage_flow(name: str, out: str, profile: str, overrides: Overrides, source: str | None = None) -> dict[str, Any]:
-    """Body of a stage flow: plan, one Prefect task per shard, finalize, publish the summary artifact."""
+    """Body of a stage flow: the stage's shards on the flow's executor, then the summary artifact."""
     stage_logs_at_info()
     logger = get_run_logger()
     resolved = pipeline.resolve_profile(profile, normalize_overrides(overrides))
     stage = pipeline.make_stage(name, resolved, out, source)
-    started = time.perf_counter()
-    if stage.is_complete():
-        logger.info("%s: complete for this config (%s); reusing its shards", name, stage.dir)
-        manifest = {**shards.read_manifest(stage.dir), "skipped": True}
-    else:
-        tasks = stage.plan()
-        logger.info("%s: %d shard(s) -> %s (task runner: %s)", name, len(tasks), stage.dir, resolved.runner.task_runner)
-        markers = _submit_shards(stage, tasks)
-        manifest = stage.finalize(tasks)
-        if manifest is None and any(m is None for m in markers):
-            logger.info("%s: %d shard(s) held by other workers; waiting for them", name, markers.count(None))
-            manifest = stage.wait_for_held(tasks)
-        if manifest is None:
-            raise StageError(f"{name}: some shards did not finish; see the task runs above")
-        manifest["wall_seconds"] = time.perf_counter() - started
+    executor = flow_executor(resolved.runner)
+    logger.info("%s -> %s (executor: %s)", name, stage.dir, executor.name)
+    with executor:
+        manifest = run_stage(stage, executor)
+    if manifest.get("skipped"):
+        logger.info("%s: complete for this config (%s); reused its shards", name, stage.dir)
     publish_summary(f"{name}-summary", {name: manifest}, out, f"hierarcaps stage {name}")
     result = stage_result(stage, manifest)
     logger.info("%s: %d rows in, %d out -> %d shard(s) in %s", name, result["stats"].get("rows_in", 0),
@@ -246,22 +184,10 @@ def run_stage_flow(name: str, out: str, profile: str, overrides: Overrides, sour
     return result
 
 
-def build_stage_names(stages: list[str] | str | None) -> tuple[str, ...]:
-    """The `stages` parameter of the build flow: a list or the CLI's comma-separated string; default all."""
-    if not stages:
-        return pipeline.BUILD_STAGES
-    names = tuple(s.strip() for s in stages.split(",")) if isinstance(stages, str) else tuple(stages)
-    unknown = [n for n in names if n not in pipeline.STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(pipeline.STAGES)}")
-    return tuple(n for n in pipeline.BUILD_STAGES if n in names)
-
-
 def save_resolved_profile(out: str, profile: str, overrides: Overrides) -> Profile:
     """Write `profile.json` beside the outputs, as `pipeline.build` does."""
     resolved = pipeline.resolve_profile(profile, normalize_overrides(overrides))
-    Path(out).mkdir(parents=True, exist_ok=True)
-    shards.atomic_write_json(Path(out) / "profile.json", resolved.model_dump(mode="json", by_alias=True))
+    pipeline.write_profile(out, resolved)
     return resolved
 
 

@@ -1,32 +1,28 @@
-"""The build as a list of stages, and `build()`: the one function the CLI and the Prefect flows both call.
+"""The build as a list of stages, and `build()` / `run_stage()`: the functions the CLI and the Prefect flows call.
 
-Stage classes are imported lazily so that `hierarcaps --help` does not import torch.
+Stage classes are imported lazily so that `hierarcaps --help` does not import torch. Where the shards run is the
+executor's business (`hierarcaps.executor`: local by default, `runner.executor = "ray"`, Prefect tasks in a flow).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from hierarcaps import shards
 from hierarcaps.config import Profile, load_profile
+from hierarcaps.executor import Executor, make_executor, run_stage as run_stage_on
 from hierarcaps.stage import Stage
+from hierarcaps.stages import BUILD_STAGES, STAGES, select_stages
+
+__all__ = ["STAGES", "BUILD_STAGES", "select_stages", "stage_class", "make_stage", "resolve_profile", "write_profile",
+           "run_stage", "build"]
 
 log = logging.getLogger(__name__)
-
-# stage name -> "module:Class"; the order is the build order.
-STAGES: dict[str, str] = {
-    "input": "hierarcaps.stages.ingest:IngestStage",
-    "seed": "hierarcaps.stages.seed:SeedStage",
-    "augment": "hierarcaps.stages.augment:AugmentStage",
-    "distill": "hierarcaps.stages.distill:DistillStage",
-    "generate": "hierarcaps.stages.generate:GenerateStage",
-    "filter": "hierarcaps.stages.filter:FilterStage",
-}
-BUILD_STAGES = tuple(STAGES)
+PROFILE_FILE = "profile.json"
 
 
 def stage_class(name: str) -> type[Stage]:
@@ -52,6 +48,12 @@ def resolve_profile(profile: str | Profile, overrides: dict[str, Any] | None = N
     return profile if isinstance(profile, Profile) else load_profile(profile, overrides)
 
 
+def write_profile(run_dir: str | Path, profile: Profile) -> None:
+    """The resolved config of the last build, beside its outputs."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    shards.atomic_write_json(Path(run_dir) / PROFILE_FILE, profile.model_dump(mode="json", by_alias=True))
+
+
 def run_stage(
     name: str,
     run_dir: str | Path,
@@ -59,28 +61,14 @@ def run_stage(
     source: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict:
-    """Run one stage to completion in this process; returns its manifest (with `stats`)."""
-    stage = make_stage(name, resolve_profile(profile, overrides), run_dir, source)
-    started = time.perf_counter()
-    if stage.is_complete():
-        manifest = shards.read_manifest(stage.dir)
-        manifest["skipped"] = True
-        return manifest
-    total = stage.total_rows()
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress:
-            on_progress(name, done, total)
-
-    if on_progress:
-        on_progress(name, 0, total)
-    manifest = stage.run(advance=advance)
-    manifest["wall_seconds"] = time.perf_counter() - started
-    return manifest
+    """Run one stage to completion on `executor` (default: the one `runner.executor` names); returns its manifest
+    (with `stats`, and `skipped` or `wall_seconds`)."""
+    resolved = resolve_profile(profile, overrides)
+    stage = make_stage(name, resolved, run_dir, source)
+    with nullcontext(executor) if executor is not None else make_executor(resolved.runner) as chosen:
+        return run_stage_on(stage, chosen, on_progress)
 
 
 def build(
@@ -88,16 +76,17 @@ def build(
     out: str | Path,
     profile: str | Profile = "offline",
     overrides: dict[str, Any] | None = None,
-    stages: tuple[str, ...] = BUILD_STAGES,
+    stages: str | list[str] | tuple[str, ...] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, dict]:
-    """Run the build stages in order; a finished stage with the same fingerprint is skipped."""
+    """Run the build stages (all, or `stages`, always in build order); a finished stage with the same fingerprint
+    is skipped."""
     resolved = resolve_profile(profile, overrides)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shards.atomic_write_json(out / "profile.json", resolved.model_dump(mode="json", by_alias=True))
+    write_profile(out, resolved)
     manifests = {}
-    for name in stages:
-        log.info("stage %s", name)
-        manifests[name] = run_stage(name, out, resolved, source=input if name == "input" else None, on_progress=on_progress)
+    with make_executor(resolved.runner) as executor:
+        for name in select_stages(stages):
+            log.info("stage %s", name)
+            source = input if name == "input" else None
+            manifests[name] = run_stage(name, out, resolved, source=source, on_progress=on_progress, executor=executor)
     return manifests

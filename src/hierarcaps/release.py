@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from hierarcaps import __version__, card, schema, shards
 from hierarcaps.download import RELEASE_FORMAT, RELEASE_MANIFEST, RELEASE_VERSION, DownloadError, download, verify_release
 from hierarcaps.inputs import write_hierarchies_csv
+from hierarcaps.stages import BUILD_STAGES
 
 __all__ = ["publish", "download", "verify_release", "PublishError", "DownloadError"]
 
@@ -36,9 +37,9 @@ CSV_NAME = "hierarcaps.csv"
 CARD_NAME = "README.md"
 # The rows derive from MS-COCO captions (annotations under CC BY 4.0); change it when the input says otherwise.
 DEFAULT_LICENSE = "cc-by-4.0"
-# Stage order, to list provenance first to last; kept here so publishing never imports a stage (or torch).
-# `external` (hierarchies read from a file, then filtered) takes the place of input..generate.
-STAGE_ORDER = ("input", "external", "seed", "augment", "distill", "generate", "filter")
+# Stage order, to list provenance first to last. `external` (hierarchies read from a file, then filtered by
+# `hierarcaps filter`) takes the place of input..generate.
+STAGE_ORDER = (BUILD_STAGES[0], "external", *BUILD_STAGES[1:])
 # Stage-manifest keys left out of the card: bulky (shards, full config: those go to manifest.json) or bookkeeping.
 _NOT_PROVENANCE = {"shards", "stats", "config", "note", "stage", "skipped", "wall_seconds"}
 
@@ -66,8 +67,9 @@ def publish(
     # Empty shards (a filter may reject a whole shard) are left out: they hold nothing, and `datasets` 5.2 fails
     # on a 0-row parquet file ("BatchSize must be greater than 0").
     listed = [s for s in manifest["shards"] if s["kind"] in kinds]
-    for shard in listed:  # all of them, before anything is written: a damaged run is never half published
-        _verify_run_shard(stage_dir, shard)
+    problems = shards.verify_stage(stage_dir)  # what `hierarcaps verify` checks, before anything is written
+    if problems:
+        raise PublishError("refusing to publish a damaged run: " + "; ".join(problems))
     chosen = [s for s in listed if s["rows"] > 0]
     if not any(s["kind"] == "part" for s in chosen):
         raise PublishError(f"{stage_dir}: no rows to publish (every part shard is empty)")
@@ -135,13 +137,6 @@ def _clear_stale(to: Path, names: set[str]) -> None:
         if path.is_file():
             log.info("removing %s from an earlier publish", path)
             path.unlink()
-
-
-def _verify_run_shard(stage_dir: Path, shard: dict) -> None:
-    try:
-        shards.verify(stage_dir / shard["name"], shard["sha256"], shard.get("rows"))
-    except shards.ShardError as err:
-        raise PublishError(f"refusing to publish a damaged run: {err}") from None
 
 
 def _copy(stage_dir: Path, shard: dict, to: Path) -> dict:

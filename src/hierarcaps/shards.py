@@ -2,17 +2,20 @@
 
 Order of a shard's life (so a killed run resumes and two workers never write one shard):
 1. `claim()` creates `part-NNNNN.lock` with O_EXCL; a worker that fails to create it leaves the shard alone.
-   A lock whose owning process is dead (same host) is stale and may be taken over.
+   A lock whose owning process is dead (same host) is stale and may be taken over; an executor that saw its worker
+   die (a Ray actor on a lost node) breaks that worker's locks with `break_claim()`.
 2. The outputs are written to `.tmp-*` names and renamed into place (rename is atomic on one filesystem).
 3. `part-NNNNN.done.json` (rows, sha256, stats, fingerprint) is written last, atomically: a shard without it is
    not complete, whatever files exist.
 4. When every planned shard is done, the stage `manifest.json` merges the markers.
+A shard is done only while every file its marker lists has the sha256 the marker records (`shard_is_done`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -23,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -49,6 +54,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# (resolved path, size, mtime_ns) -> sha256: a file is hashed once per process until it changes on disk. Rewriting a
+# file changes its mtime_ns; the cache only spares re-hashing the same unchanged bytes within one process.
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_cached(path: Path) -> str:
+    """sha256 of a file, hashed again only when its size or mtime_ns changed (see `_digests`)."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = sha256_file(Path(path))
+    return _digests[key]
 
 
 def sha256_text(text: str) -> str:
@@ -104,14 +123,46 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise ShardError(f"{path}: not a readable parquet file (truncated or corrupt?): {err}") from None
 
 
-def verify(path: Path, sha256: str, rows: int | None = None) -> None:
+def verify(path: Path, sha256: str, rows: int | None = None, listed_by: str = "manifest") -> None:
+    """Raise ShardError unless `path` exists with this sha256 (and `rows` rows, when given)."""
     if not path.exists():
-        raise ShardError(f"{path}: missing (manifest lists it)")
-    actual = sha256_file(path)
+        raise ShardError(f"{path}: missing ({listed_by} lists it)")
+    actual = sha256_cached(path)
     if actual != sha256:
-        raise ShardError(f"{path}: sha256 {actual[:12]}… does not match the manifest's {sha256[:12]}…")
-    if rows is not None and pq.ParquetFile(path).metadata.num_rows != rows:
-        raise ShardError(f"{path}: row count differs from the manifest's {rows}")
+        raise ShardError(f"{path}: sha256 {actual[:12]}… does not match the {listed_by}'s {sha256[:12]}…")
+    if rows is not None:
+        try:
+            found = pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as err:
+            raise ShardError(f"{path}: not a readable parquet file: {err}") from None
+        if found != rows:
+            raise ShardError(f"{path}: {found} rows but the {listed_by} records {rows}")
+
+
+def verify_stage(stage_dir: Path) -> list[str]:
+    """Every problem with a finished stage: a shard the manifest lists that is missing or differs from its recorded
+    sha256 / rows, or a done marker of the manifest's fingerprint that records another sha256. Empty = verified."""
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        return [f"{stage_dir}: no {MANIFEST}"]
+    problems = []
+    for entry in manifest.get("shards", []):
+        try:
+            verify(stage_dir / entry["name"], entry["sha256"], entry.get("rows"))
+        except ShardError as err:
+            problems.append(str(err))
+    listed = {e["name"]: e["sha256"] for e in manifest.get("shards", [])}
+    for path in sorted(stage_dir.glob("part-*.done.json")):
+        marker = read_done(stage_dir, int(path.name.split(".")[0].split("-")[1]))
+        if marker is None:
+            problems.append(f"{path}: not readable JSON")
+            continue
+        if marker.get("fingerprint") != manifest.get("fingerprint"):
+            continue  # a shard of an unfinished rerun with another config: not part of what the manifest lists
+        for entry in marker.get("files", []):
+            if listed.get(entry["name"], entry["sha256"]) != entry["sha256"]:
+                problems.append(f"{stage_dir / entry['name']}: the manifest and {path.name} record different sha256")
+    return problems
 
 
 # ---------------------------------------------------------------- completion markers
@@ -131,14 +182,25 @@ def read_done(stage_dir: Path, index: int) -> dict | None:
         return None  # a torn marker means the shard is not done
 
 
+def verify_run(run_dir: Path) -> tuple[list[str], list[str]]:
+    """(stages checked, problems) for every stage folder of a run that has a manifest (`hierarcaps verify`)."""
+    checked, problems = [], []
+    for stage_dir in sorted(p.parent for p in Path(run_dir).glob(f"*/{MANIFEST}")):
+        checked.append(stage_dir.name)
+        problems += verify_stage(stage_dir)
+    return checked, problems
+
+
 def shard_is_done(stage_dir: Path, index: int, fingerprint: str) -> bool:
-    """Done = marker with this fingerprint, and every file it lists still matches its checksum."""
+    """Done = marker with this fingerprint, and every file it lists still has the sha256 the marker records."""
     marker = read_done(stage_dir, index)
     if not marker or marker.get("fingerprint") != fingerprint:
         return False
     for entry in marker.get("files", []):
-        path = stage_dir / entry["name"]
-        if not path.exists() or path.stat().st_size == 0:
+        try:
+            verify(stage_dir / entry["name"], entry["sha256"], listed_by="done marker")
+        except ShardError as err:
+            log.warning("%s; shard %d will be redone", err, index)
             return False
     return True
 
@@ -164,11 +226,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def claim(stage_dir: Path, index: int) -> bool:
+def worker_id() -> str:
+    """This process as a shard writer, `host:pid`; a Ray actor prefixes its node id (executors/ray_pool.py)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(stage_dir: Path, index: int, worker: str | None = None) -> bool:
     """Try to become the only writer of shard `index`; False if another live worker holds it."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     path = _lock_path(stage_dir, index)
-    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "worker": worker or worker_id()}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -190,6 +257,23 @@ def claim(stage_dir: Path, index: int) -> bool:
 
 def release(stage_dir: Path, index: int) -> None:
     _lock_path(stage_dir, index).unlink(missing_ok=True)
+
+
+def break_claim(stage_dir: Path, index: int, worker: str) -> bool:
+    """Remove shard `index`'s lock and half-written temp files if `worker` holds it: called by an executor that
+    knows that worker is dead (its host may be gone, so `claim` cannot tell). True if a lock was broken."""
+    path = _lock_path(stage_dir, index)
+    try:
+        held = json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return False
+    if held.get("worker") != worker:
+        return False
+    for kind in ("part", "rejects"):
+        for tmp in stage_dir.glob(f".tmp-{shard_name(index, kind)}.*"):
+            tmp.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    return True
 
 
 # ---------------------------------------------------------------- manifest

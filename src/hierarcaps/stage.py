@@ -1,15 +1,15 @@
 """The one shape every build stage has: plan shard tasks, process one shard, finalize a manifest.
 
     stage = SeedStage(profile, run_dir)
-    stage.run()                       # plan -> run_shard(task) for each -> finalize
-    for task in stage.plan():         # what a Prefect flow does instead, one task per shard
-        stage.run_shard(task)
-    stage.finalize()
+    stage.run()                              # = executor.run_stage(stage, LocalExecutor())
+    stage.run(executor=RayExecutor(runner))  # the same loop, the shards on a Ray actor pool
 
-`run_shard` is safe to call from several processes at once: a shard is claimed with an O_EXCL lock, written to
-temp names and renamed, and marked done last. A shard already done with the same fingerprint is skipped, so a
-killed run resumes and a rerun of a finished stage is a no-op; a changed config or prompt changes the fingerprint
-and the stage is redone.
+`run_shard` is the body every executor runs for one shard, and is safe to call from several processes at once:
+a shard whose done marker has this fingerprint and whose files still have their recorded sha256 is skipped;
+otherwise it is claimed with an O_EXCL lock, processed, its rows checked, written to temp names and renamed, and
+marked done last. So a killed run resumes, a rerun of a finished stage is a no-op, a damaged shard is redone alone,
+and a changed config or prompt changes the fingerprint and redoes the stage. The loop around it (plan, hand the
+shards to an executor, wait for shards other workers hold, finalize) is `hierarcaps.executor.run_stage`.
 """
 
 from __future__ import annotations
@@ -30,11 +30,6 @@ from hierarcaps.config import Profile, Section
 from hierarcaps.stats import ROWS_IN, ROWS_OUT, ROWS_REJECTED, Stats
 
 log = logging.getLogger(__name__)
-
-# How long a worker waits for shards that other workers claimed before giving up (they may be on a dead host,
-# whose locks cannot be checked from here).
-HELD_WAIT_SECONDS = 6 * 3600.0
-
 
 class StageError(RuntimeError):
     """A stage cannot run: missing upstream output, missing optional dependency, bad input file."""
@@ -76,6 +71,7 @@ class Stage(ABC):
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / self.name
         self.advance: Callable[[int], None] = lambda n: None  # progress hook, rows processed
+        self.worker: str | None = None  # who writes this stage's shards (done markers, locks); None = host:pid
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
             raise StageError(f"stage {self.name!r} needs {', '.join(missing)}; install it (see README, extras)")
@@ -86,7 +82,8 @@ class Stage(ABC):
     # ------------------------------------------------------------ what subclasses provide
 
     @property
-    def config(self) -> Section:
+    def cfg(self) -> Section:
+        """This stage's config section (the part of the profile its fingerprint hashes)."""
         return self.profile.section(self.name)
 
     @abstractmethod
@@ -118,11 +115,16 @@ class Stage(ABC):
     # ------------------------------------------------------------ the shared machinery
 
     def upstream_digest(self) -> dict[str, str]:
+        """Each upstream stage's fingerprint + shard checksums, after checking its shards still have them: a
+        downstream stage never reads an unverified shard."""
         digests = {}
         for name in self.upstream:
             manifest = shards.read_manifest(self.run_dir / name)
             if manifest is None:
                 raise StageError(f"{self.run_dir / name}: no manifest; run stage {name!r} before {self.name!r}")
+            problems = shards.verify_stage(self.run_dir / name)
+            if problems:
+                raise StageError(f"stage {name!r} is damaged, rerun it before {self.name!r}: " + "; ".join(problems))
             digests[name] = manifest["fingerprint"] + ":" + shards.sha256_text(
                 json.dumps([s["sha256"] for s in manifest["shards"]])
             )
@@ -133,7 +135,7 @@ class Stage(ABC):
             parts = {
                 "stage": self.name,
                 "schema_version": schema.SCHEMA_VERSION,
-                "config": self.config.digest(),
+                "config": self.cfg.digest(),
                 "upstream": self.upstream_digest(),
                 "code": __version__,
                 **self.fingerprint_parts(),
@@ -142,8 +144,14 @@ class Stage(ABC):
         return self._fingerprint
 
     def is_complete(self) -> bool:
+        """Finished for this fingerprint, every shard verified against the manifest's sha256."""
         manifest = shards.read_manifest(self.dir)
-        return bool(manifest) and manifest.get("fingerprint") == self.fingerprint()
+        if not manifest or manifest.get("fingerprint") != self.fingerprint():
+            return False
+        problems = shards.verify_stage(self.dir)
+        for problem in problems:
+            log.warning("%s: %s; redoing the shards that do not verify", self.name, problem)
+        return not problems
 
     def run_shard(self, task: ShardTask | dict) -> dict | None:
         """Process one shard unless done; return its completion marker (None if another worker holds it)."""
@@ -153,37 +161,44 @@ class Stage(ABC):
             marker = shards.read_done(self.dir, task.index)
             self.advance(marker["stats"]["rows_in"])
             return marker
-        if not shards.claim(self.dir, task.index):
+        worker = self.worker or shards.worker_id()
+        if not shards.claim(self.dir, task.index, worker):
             log.info("%s shard %d is held by another worker; skipping", self.name, task.index)
             return None
         try:
-            started = time.perf_counter()
-            result = self.process(task)
-            expected = self.input_rows(task)
-            stats = result.stats
-            stats.set("rows_in", expected)
-            stats.set("rows_out", result.out.num_rows)
-            stats.set("rows_rejected", result.rejects.num_rows)
-            if result.out.num_rows + result.rejects.num_rows != expected:
-                raise StageError(
-                    f"{self.name} shard {task.index}: {expected} rows in but {result.out.num_rows} out + "
-                    f"{result.rejects.num_rows} rejected; refusing to write a shard that loses rows"
-                )
-            files = [
-                {**shards.write_table(result.out, self.dir / shards.shard_name(task.index), self.output_schema), "kind": "part"},
-                {
-                    **shards.write_table(result.rejects, self.dir / shards.shard_name(task.index, "rejects"), schema.REJECTS),
-                    "kind": "rejects",
-                },
-            ]
-            stats.add("seconds", time.perf_counter() - started)
-            marker = {"index": task.index, "fingerprint": fingerprint, "task": task.to_dict(), "files": files, "stats": stats.to_dict()}
-            shards.mark_done(self.dir, task.index, marker)
-            return marker
+            if shards.shard_is_done(self.dir, task.index, fingerprint):  # finished by its holder since the check above
+                return shards.read_done(self.dir, task.index)
+            return self._write_shard(task, fingerprint, worker)
         finally:
             shards.release(self.dir, task.index)
 
-    def finalize(self, tasks: list[ShardTask] | None = None) -> dict | None:
+    def _write_shard(self, task: ShardTask, fingerprint: str, worker: str) -> dict:
+        started = time.perf_counter()
+        result = self.process(task)
+        expected = self.input_rows(task)
+        stats = result.stats
+        stats.set("rows_in", expected)
+        stats.set("rows_out", result.out.num_rows)
+        stats.set("rows_rejected", result.rejects.num_rows)
+        if result.out.num_rows + result.rejects.num_rows != expected:
+            raise StageError(
+                f"{self.name} shard {task.index}: {expected} rows in but {result.out.num_rows} out + "
+                f"{result.rejects.num_rows} rejected; refusing to write a shard that loses rows"
+            )
+        files = [
+            {**shards.write_table(result.out, self.dir / shards.shard_name(task.index), self.output_schema), "kind": "part"},
+            {
+                **shards.write_table(result.rejects, self.dir / shards.shard_name(task.index, "rejects"), schema.REJECTS),
+                "kind": "rejects",
+            },
+        ]
+        stats.add("seconds", time.perf_counter() - started)
+        marker = {"index": task.index, "fingerprint": fingerprint, "task": task.to_dict(), "files": files,
+                  "stats": stats.to_dict(), "worker": worker}
+        shards.mark_done(self.dir, task.index, marker)
+        return marker
+
+    def finalize(self, tasks: list[ShardTask] | None = None, executor: str = "local") -> dict | None:
         """Merge the shard markers into `manifest.json`; None while some shard is not done."""
         tasks = self.plan() if tasks is None else tasks
         fingerprint = self.fingerprint()
@@ -198,43 +213,24 @@ class Stage(ABC):
             "schema_version": schema.SCHEMA_VERSION,
             "fingerprint": fingerprint,
             "code_version": __version__,
-            "config": self.config.model_dump(mode="json"),
-            "config_sha256": self.config.digest(),
+            "config": self.cfg.model_dump(mode="json"),
+            "config_sha256": self.cfg.digest(),
             "models": self.models(),
             **{k: v for k, v in self.fingerprint_parts().items()},
             "shards": [f for m in markers for f in m["files"]],
             "stats": total.to_dict(),
+            "executor": executor,
             **self.manifest_extra(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         shards.write_manifest(self.dir, manifest)
         return manifest
 
-    def run(self, advance: Callable[[int], None] | None = None) -> dict:
-        """Run every shard in this process (the CLI path) and return the manifest."""
-        if self.is_complete():
-            log.info("%s: already complete for this config; nothing to do", self.name)
-            return shards.read_manifest(self.dir)
-        if advance is not None:
-            self.advance = advance
-        tasks = self.plan()
-        for task in tasks:
-            self.run_shard(task)
-        return self.finalize(tasks) or self.wait_for_held(tasks)
+    def run(self, executor=None, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+        """Run every shard (in this process unless `executor` says otherwise) and return the manifest."""
+        from hierarcaps.executor import run_stage
 
-    def wait_for_held(self, tasks: list[ShardTask], timeout: float = HELD_WAIT_SECONDS, poll: float = 5.0) -> dict:
-        """Finalize once the shards other workers claimed are done (N workers on one run dir all end with the
-        manifest); each poll retries the claims, so a shard whose worker died (stale lock) is taken over."""
-        deadline = time.monotonic() + timeout
-        while (manifest := self.finalize(tasks)) is None:
-            if time.monotonic() > deadline:
-                raise StageError(f"{self.name}: shards still held by other workers after {timeout:.0f} s; rerun to finish them")
-            pending = [t for t in tasks if not shards.shard_is_done(self.dir, t.index, self.fingerprint())]
-            log.info("%s: waiting for %d shard(s) held by other workers", self.name, len(pending))
-            time.sleep(poll)
-            for task in pending:
-                self.run_shard(task)  # done meanwhile -> skipped; stale lock -> taken over; live holder -> None
-        return manifest
+        return run_stage(self, executor, on_progress)
 
     def total_rows(self) -> int:
         return sum(self.input_rows(t) for t in self.plan())

@@ -5,7 +5,7 @@
   differently, so the columns are mapped by the names in `config.id2label`, never by position.
 - `lexical`: a transparent heuristic for machines without any NLI model: content-word containment plus
   all-MiniLM-L6-v2 cosine similarity, turned into pseudo-probabilities. It is not MNLI and says so.
-- `minilm-head`: the learned offline stand-in of issue #7 (`hierarcaps.nli.model`), imported lazily.
+- `minilm-head`: the learned offline stand-in (`engines.minilm_head`; trained by `hierarcaps.nli`), imported lazily.
 
 `score_pairs` deduplicates pairs so one shard costs one NLI pass over its distinct pairs.
 """
@@ -29,6 +29,8 @@ from hierarcaps.engines.embed import load_sentence_model, resolve_device
 log = logging.getLogger(__name__)
 
 DEFAULT_CROSS_ENCODER = "microsoft/deberta-large-mnli"
+# engines/minilm_head.py's ARTIFACT_DIR, named here without importing torch
+MINILM_HEAD_ARTIFACT = Path(__file__).resolve().parents[1] / "nli" / "artifacts" / "minilm-head"
 LEXICAL_ID = "lexical-minilm-heuristic"
 
 Pair = tuple[str, str]
@@ -50,9 +52,9 @@ def nli_model_id(cfg: NLIConfig) -> str:
         return f"{name}@T{calibration.read_text().strip()}" if calibration.is_file() else name
     if cfg.backend == "lexical":
         return LEXICAL_ID
-    # The learned head's card (hierarcaps/nli/model.py) holds its weights' sha256 and its thresholds: hashing it
+    # The learned head's card (engines/minilm_head.py) holds its weights' sha256 and its thresholds: hashing it
     # makes a retrained head invalidate finished filter shards without loading torch to find out.
-    folder = Path(cfg.model) if cfg.model else Path(__file__).resolve().parents[1] / "nli" / "artifacts" / "minilm-head"
+    folder = Path(cfg.model) if cfg.model else MINILM_HEAD_ARTIFACT
     card = folder / "card.json"
     digest = hashlib.sha256(card.read_bytes()).hexdigest()[:12] if card.is_file() else "no-card"
     return f"minilm-head:{cfg.model or 'default'}@{digest}"
@@ -64,7 +66,7 @@ def load_nli(cfg: NLIConfig) -> NLIModel:
     if cfg.backend == "lexical":
         return LexicalNLI(batch_size=cfg.batch_size, device=cfg.device)
     if cfg.backend == "minilm-head":
-        from hierarcaps.nli.model import load_minilm_head  # written for issue #7; heavy, so imported on use
+        from hierarcaps.engines.minilm_head import load_minilm_head  # imports torch: only on use
 
         return load_minilm_head(cfg)
     raise ValueError(f"unknown NLI backend {cfg.backend!r}; use cross-encoder, minilm-head or lexical")

@@ -1,12 +1,4 @@
-"""Frozen all-MiniLM-L6-v2 sentence embeddings, computed so that a text's vector never depends on its batch-mates,
-plus a disk cache keyed by text hash.
-
-Why not `SentenceTransformer.encode`: it pads each batch to its longest text and lets the batch size vary, and on
-CPU the float result of a text then changes in the last bits with its companions (measured: 1e-7). That would make
-the trained head depend on which texts happened to be cached before, and break "same command -> same weights".
-Here every forward pass has the same shape for a given text: texts are padded to a length bucket (a multiple of 8
-tokens) and batched exactly `BATCH` rows at a time (the last batch is filled with empty strings). Mean pooling and
-L2 normalisation follow the model's sentence-transformers config; vectors match `encode` to ~1e-7.
+"""A disk cache of the batch-independent MiniLM vectors (`engines.embed.CanonicalEncoder`) that training encodes.
 
 Cache: `$HIERARCAPS_CACHE/embeddings/<model>-<CACHE_VERSION>/chunk-*.safetensors` (default ~/.cache/hierarcaps),
 each chunk holding `keys` (first 16 bytes of sha256(text), uint8) and `vectors` (float32). Chunks are written atomically
@@ -19,67 +11,20 @@ import hashlib
 import logging
 import os
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from hierarcaps.engines.embed import model_path
+from hierarcaps.engines.embed import CanonicalEncoder
+
+CACHE_VERSION = "canon-b8"  # the encoder's padding scheme (buckets of 8 tokens): a new scheme is a new cache
 
 log = logging.getLogger(__name__)
-
-BATCH = 32
-BUCKET = 8
-MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
-CACHE_VERSION = "canon-b8"
 
 
 def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()[:16]
-
-
-class CanonicalEncoder:
-    """MiniLM sentence vectors, batch-independent (see the module docstring)."""
-
-    def __init__(self, name: str = "minilm", device: str = "cpu") -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        path = model_path(name)
-        self.name = name
-        self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
-        self.dim = int(self.model.config.hidden_size)
-        self._torch = torch
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        torch = self._torch
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]]
-        buckets: dict[int, list[int]] = {}
-        for i, n in enumerate(lengths):
-            buckets.setdefault(min(MAX_TOKENS, -(-n // BUCKET) * BUCKET), []).append(i)
-        with torch.inference_mode():
-            for width, members in sorted(buckets.items()):
-                for start in range(0, len(members), BATCH):
-                    chunk = members[start : start + BATCH]
-                    batch = [texts[i] for i in chunk] + [""] * (BATCH - len(chunk))
-                    enc = self.tokenizer(batch, padding="max_length", truncation=True, max_length=width, return_tensors="pt").to(self.device)
-                    hidden = self.model(**enc).last_hidden_state
-                    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                    vectors = torch.nn.functional.normalize(pooled, dim=-1)[: len(chunk)]
-                    out[chunk] = vectors.float().cpu().numpy()
-        return out
-
-
-@lru_cache(maxsize=2)
-def load_encoder(name: str = "minilm", device: str = "cpu") -> CanonicalEncoder:
-    return CanonicalEncoder(name, device)
 
 
 class EmbeddingCache:

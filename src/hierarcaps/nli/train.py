@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import platform
 import time
@@ -24,8 +25,9 @@ from hierarcaps.engines.base import NLI_LABELS
 from hierarcaps.nli import corrupt, pairs as P
 from hierarcaps.cache import cache_root
 from hierarcaps.engines.runtime import torch_threads
-from hierarcaps.nli.encode import CACHE_VERSION, EmbeddingCache, load_encoder
-from hierarcaps.nli.model import DESCRIPTION, Head, head_logits, save_artifact, softmax
+from hierarcaps.engines.embed import load_encoder
+from hierarcaps.engines.minilm_head import CARD, DESCRIPTION, WEIGHTS, Head, head_logits, softmax
+from hierarcaps.nli.encode import CACHE_VERSION, EmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -192,4 +194,18 @@ def _train(data, out, seed, max_hierarchies, epochs, hidden, dropout, batch_size
     }
     card = save_artifact(head, card, out)
     log.info("dev accuracy %.4f (T=%.3f), thresholds %s -> %s", card["dev_metrics"]["accuracy"], temperature, {k: thresholds[k] for k in ("entail", "contradict", "joint")}, out)
+    return card
+
+
+def save_artifact(head: Head, card: dict, out: Path) -> dict:
+    """Write model.safetensors, then card.json (with the weights' sha256); returns the card."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(out / WEIGHTS))
+    (out / WEIGHTS).chmod(0o644)  # safetensors writes 0600; the file ships in the package and must be world-readable
+    card = {**card, "weights_sha256": P.file_sha256(out / WEIGHTS)}
+    (out / CARD).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return card

@@ -28,7 +28,7 @@ class AugmentStage(LLMStage):
 
     @property
     def generator_config(self) -> GeneratorConfig:
-        return self.config.generator or self.profile.seed.generator
+        return self.cfg.generator or self.profile.seed.generator
 
     @cached_property
     def examples(self) -> list[dict]:
@@ -47,15 +47,15 @@ class AugmentStage(LLMStage):
         if self.fallback:
             log.warning("augment: the seed stage accepted no rows; using the seed prompt without examples")
             return load_prompt(self.profile.seed.prompt)
-        return load_prompt(self.config.prompt)
+        return load_prompt(self.cfg.prompt)
 
     def plan(self) -> list[ShardTask]:
         start = self.profile.seed.limit
-        return plan_row_range(self.name, self.run_dir / "input", start, start + self.config.limit)
+        return plan_row_range(self.name, self.run_dir / "input", start, start + self.cfg.limit)
 
     def pick_examples(self, row_id: str) -> list[dict]:
-        rng = random.Random(f"{self.config.seed}:{row_id}")
-        return rng.sample(self.examples, min(self.config.k, len(self.examples)))
+        rng = random.Random(f"{self.cfg.seed}:{row_id}")
+        return rng.sample(self.examples, min(self.cfg.k, len(self.examples)))
 
     def render(self, row: dict) -> str:
         if self.fallback:

@@ -28,7 +28,6 @@ import pyarrow as pa
 
 from hierarcaps import schema, shards
 from hierarcaps.checks import normalize
-from hierarcaps.config import DistillConfig
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError
 from hierarcaps.stats import Stats
@@ -87,10 +86,6 @@ class DistillStage(Stage):
     name = "distill"
     upstream = ("seed", "augment")
     output_schema = schema.HIERARCHIES
-
-    @property
-    def cfg(self) -> DistillConfig:
-        return self.profile.distill
 
     def plan(self) -> list[ShardTask]:
         inputs = [str(p) for name in self.upstream for p in shards.output_shards(self.run_dir / name)]

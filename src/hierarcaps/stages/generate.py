@@ -27,7 +27,6 @@ import pyarrow as pa
 
 from hierarcaps import schema, shards
 from hierarcaps.checks import normalize
-from hierarcaps.config import GenerateConfig
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
@@ -58,10 +57,6 @@ class GenerateStage(Stage):
     name = "generate"
     upstream = ("input", "distill")
     output_schema = schema.HIERARCHIES
-
-    @property
-    def cfg(self) -> GenerateConfig:
-        return self.profile.generate
 
     @cached_property
     def distill_manifest(self) -> dict:

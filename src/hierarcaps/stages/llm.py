@@ -125,7 +125,7 @@ class LLMStage(Stage):
         if attempt_no == 0:
             raws = self.generator.generate([a.prompt for a in batch])
         else:
-            seed = retry_seed(self.config.seed, attempt_no, [a.row["id"] for a in batch])
+            seed = retry_seed(self.cfg.seed, attempt_no, [a.row["id"] for a in batch])
             raws = self.generator.generate([a.prompt for a in batch], temperature=RETRY_TEMPERATURE, seed=seed)
         if len(raws) != len(batch):
             raise RuntimeError(f"{self.name}: generator returned {len(raws)} answers for {len(batch)} prompts")
@@ -141,7 +141,7 @@ class LLMStage(Stage):
         rows = read_task_rows(task).to_pylist()
         attempts = [_Attempt(row=row, prompt=self.render(row)) for row in rows]
         stats = Stats()
-        retries = self.config.retries
+        retries = self.cfg.retries
         size = self.generator_config.batch_size
         pending = attempts
         for attempt_no in range(retries + 1):

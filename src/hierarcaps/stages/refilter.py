@@ -7,7 +7,6 @@ per-check report (`filter/check_report.json`: the accept rate of every structura
 from __future__ import annotations
 
 import logging
-import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -15,10 +14,12 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from hierarcaps import schema, shards
-from hierarcaps.config import Profile, load_profile
+from hierarcaps.config import Profile
 from hierarcaps.engines.base import NLIModel
+from hierarcaps.executor import make_executor, run_stage
 from hierarcaps.inputs import InputError, load_hierarchies
 from hierarcaps.judge import JOINT, RULES, STRUCTURAL
+from hierarcaps.pipeline import resolve_profile, write_profile
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
 from hierarcaps.stages.filter import FilterStage
 from hierarcaps.stats import Stats
@@ -39,7 +40,7 @@ class ExternalStage(Stage):
         self.source = Path(source)
 
     @property
-    def config(self):
+    def cfg(self):
         return self.profile.input  # only rows_per_shard matters here
 
     @cached_property
@@ -73,25 +74,6 @@ class ExternalStage(Stage):
             stats.reject(r["reason"])
         self.advance(task.stop - task.start)
         return ShardOutput(out, schema.rejects_table(bad), stats)
-
-
-def _run(stage: Stage, on_progress: Callable[[str, int, int], None] | None) -> dict:
-    """Run a stage with the same progress protocol as pipeline.run_stage."""
-    started = time.perf_counter()
-    if stage.is_complete():
-        return {**shards.read_manifest(stage.dir), "skipped": True}
-    total, done = stage.total_rows(), 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress:
-            on_progress(stage.name, done, total)
-
-    if on_progress:
-        on_progress(stage.name, 0, total)
-    manifest = stage.run(advance=advance)
-    return {**manifest, "wall_seconds": time.perf_counter() - started}
 
 
 def check_report(external: dict, filtered: dict, source: str | Path) -> dict:
@@ -152,12 +134,12 @@ def filter_file(
 ) -> dict:
     """Re-filter an existing HierarCaps file; writes `out/filter/check_report.json` and returns the report
     (plus `manifests`, the two stages' manifests, which the JSON file leaves out)."""
-    resolved = profile if isinstance(profile, Profile) else load_profile(profile, overrides)
+    resolved = resolve_profile(profile, overrides)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shards.atomic_write_json(out / "profile.json", resolved.model_dump(mode="json", by_alias=True))
-    manifests = {"external": _run(ExternalStage(resolved, out, input), on_progress)}
-    manifests["filter"] = _run(FilterStage(resolved, out, upstream="external", nli=nli), on_progress)
+    write_profile(out, resolved)
+    with make_executor(resolved.runner) as executor:
+        manifests = {"external": run_stage(ExternalStage(resolved, out, input), executor, on_progress)}
+        manifests["filter"] = run_stage(FilterStage(resolved, out, upstream="external", nli=nli), executor, on_progress)
     report = check_report(manifests["external"], manifests["filter"], input)
     shards.atomic_write_json(out / "filter" / REPORT, report)
     return {**report, "manifests": manifests}

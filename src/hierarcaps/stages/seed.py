@@ -20,14 +20,14 @@ class SeedStage(LLMStage):
 
     @property
     def generator_config(self) -> GeneratorConfig:
-        return self.config.generator
+        return self.cfg.generator
 
     @cached_property
     def prompt(self) -> Prompt:
-        return load_prompt(self.config.prompt)
+        return load_prompt(self.cfg.prompt)
 
     def plan(self) -> list[ShardTask]:
-        return plan_row_range(self.name, self.run_dir / "input", 0, self.config.limit)
+        return plan_row_range(self.name, self.run_dir / "input", 0, self.cfg.limit)
 
     def render(self, row: dict) -> str:
         return self.prompt.render(caption=row["caption"])

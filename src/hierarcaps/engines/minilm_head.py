@@ -1,6 +1,7 @@
-"""`minilm-head`: a small MLP on frozen all-MiniLM-L6-v2 sentence vectors, distilled from the HierarCaps pipeline's
-accepted hierarchies (see pairs.py). It is a stand-in for an MNLI cross-encoder on machines without one, not an MNLI
-model: it knows the relations that hold inside caption hierarchies and the generator errors it was shown.
+"""`minilm-head` at run time: a small MLP on frozen all-MiniLM-L6-v2 sentence vectors, distilled from the HierarCaps
+pipeline's accepted hierarchies (its training is `hierarcaps.nli`). It is a stand-in for an MNLI cross-encoder on
+machines without one, not an MNLI model: it knows the relations that hold inside caption hierarchies and the
+generator errors it was shown.
 
 Features of a (premise u, hypothesis v) pair: [u, v, |u - v|, u * v] (InferSent-style), 4 x 384 -> hidden -> 3 logits
 in NLI_LABELS order; probabilities are softmax(logits / T) with the temperature T fitted on the dev split.
@@ -14,18 +15,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from hierarcaps.config import NLIConfig
-from hierarcaps.nli.encode import EmbeddingCache, load_encoder
+from hierarcaps.engines.embed import load_encoder
+from hierarcaps.engines.nli import MINILM_HEAD_ARTIFACT
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_DIR = Path(__file__).parent / "artifacts" / "minilm-head"
+ARTIFACT_DIR = MINILM_HEAD_ARTIFACT  # the shipped artifact: package data beside its training code, hierarcaps/nli/
 WEIGHTS, CARD = "model.safetensors", "card.json"
 DESCRIPTION = (
     "minilm-head: a small distilled stand-in, NOT an MNLI model: an MLP on frozen all-MiniLM-L6-v2 sentence vectors, "
@@ -71,7 +73,7 @@ def head_logits(head: Head, vectors: torch.Tensor, premise_idx: np.ndarray, hypo
 class MiniLMHeadNLI:
     """The NLIModel protocol (engines/base.py) over a trained head. `thresholds` were chosen on the dev split."""
 
-    def __init__(self, head: Head, card: dict, device: str = "cpu", cache: EmbeddingCache | None = None) -> None:
+    def __init__(self, head: Head, card: dict, device: str = "cpu", cache: Any = None) -> None:
         self.head = head.to(device).eval()
         self.card = card
         self.device = device
@@ -100,23 +102,9 @@ class MiniLMHeadNLI:
         return softmax(head_logits(self.head, vectors, premise, hypothesis).astype(np.float64), self.temperature)
 
 
-def save_artifact(head: Head, card: dict, out: Path) -> dict:
-    """Write model.safetensors, then card.json (with the weights' sha256); returns the card."""
-    from safetensors.torch import save_file
-
-    from hierarcaps.nli.pairs import file_sha256
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    save_file(state, str(out / WEIGHTS))
-    (out / WEIGHTS).chmod(0o644)  # safetensors writes 0600; the file ships in the package and must be world-readable
-    card = {**card, "weights_sha256": file_sha256(out / WEIGHTS)}
-    (out / CARD).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-    return card
-
-
-def load_artifact(path: Path, device: str = "cpu", cache: EmbeddingCache | None = None) -> MiniLMHeadNLI:
+def load_artifact(path: Path, device: str = "cpu", cache: Any = None) -> MiniLMHeadNLI:
+    """A trained head from its folder; `cache` (anything with `encode(texts)`, e.g. nli.encode.EmbeddingCache)
+    replaces the encoder, as training and the benchmarks do."""
     from safetensors.torch import load_file
 
     path = Path(path)
