@@ -293,3 +293,17 @@ def test_finetune_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_path)
     (args, kwargs), = calls
     assert args == ("d.csv", str(tmp_path / "m")) and kwargs["model"] == "minilm"
     assert kwargs["overrides"] == {"finetune.max_steps": 3} and kwargs["profile"] == "offline"
+
+
+def test_cli_finetune(tiny_st, small_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from hierarcaps.cli import app
+
+    sets = [f"--set={k}={v}" for k, v in _overrides(tiny_st, max_steps=2).items() if k != "finetune.model"]
+    ok = CliRunner().invoke(app, ["finetune", "--data", str(small_data), "--out", str(tmp_path / "m"), "--model", tiny_st, *sets])
+    assert ok.exit_code == 0, ok.output
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["base_model"] == tiny_st and card["steps"]["total"] == 2 and "dev d_corr" in ok.output
+    bad = CliRunner().invoke(app, ["finetune", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "does not exist" in bad.output
