@@ -200,7 +200,6 @@ class FinetuneConfig(Section):
     # The paper's CLIP text tower has no dropout; MiniLM's (0.1) alone moves its embeddings to a cosine of ~0.94
     # from the frozen ones, so with it the pullback measures dropout noise instead of drift. Off by default.
     dropout: bool = False
-    max_length: int = Field(77, ge=8)
     split: Literal["train", "all"] = "train"  # "train": keep the by-image dev / eval buckets out of training
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)

@@ -22,7 +22,7 @@ _NOT_TEXT = ("visual.", "logit_scale", "logit_bias")
 class TextTower:
     """`embed(texts)` -> (n, d) float32, L2-normalised; `frozen=True` uses the untouched original in eval mode."""
 
-    def __init__(self, name: str, device: str, max_length: int = 77, train_layers: int | None = None):
+    def __init__(self, name: str, device: str, train_layers: int | None = None):
         encoder = load_encoder(name, device)
         base = encoder.base if isinstance(encoder, TunedEncoder) else encoder
         if not isinstance(base, (SentenceEncoder, OpenClipEncoder)):
@@ -35,8 +35,6 @@ class TextTower:
         self.module = copy.deepcopy(base.model)
         for param in self.frozen.parameters():
             param.requires_grad_(False)
-        if self.kind == "sentence-transformers":
-            self.module.max_seq_length = max_length
         self.trainable = self._choose_trainable(train_layers)
 
     def _is_text(self, key: str) -> bool:

@@ -154,7 +154,7 @@ def _train(training, rows, out, cfg, key, device, started, on_progress, on_log) 
     from safetensors.torch import load_file, save_file
 
     on_progress = on_progress or (lambda name, done, total: None)
-    tower = TextTower(cfg.model, device, cfg.max_length, cfg.train_layers)
+    tower = TextTower(cfg.model, device, cfg.train_layers)
     optimizer = torch.optim.AdamW(tower.parameters(), lr=cfg.learning_rate)
     checkpoints = out / CHECKPOINTS
     resumed = latest_checkpoint(checkpoints, key)
