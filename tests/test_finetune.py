@@ -205,6 +205,29 @@ def test_training_data_splits_by_image_and_names_bad_rows(small_data, tmp_path):
         load_training_data(bad)
 
 
+def test_a_run_dir_and_its_release_give_the_same_training_rows(small_data, tmp_path):
+    import pyarrow as pa
+
+    from hierarcaps import release, schema, shards
+    from hierarcaps.inputs import load_hierarchies
+
+    table, _ = load_hierarchies(small_data)
+    rows = [{**r, "min_entail": 0.9, "min_contradict": 0.9} for r in table.to_pylist()]
+    stage = tmp_path / "run" / "filter"
+    info = shards.write_table(pa.Table.from_pylist(rows, schema=schema.FILTERED), stage / "part-00000.parquet")
+    shards.write_manifest(stage, {"schema_version": schema.SCHEMA_VERSION, "fingerprint": "x", "shards": [{**info, "kind": "part"}]})
+    from_run = load_training_data(tmp_path / "run")
+    release.publish(tmp_path / "run", tmp_path / "release")
+    from_release = load_training_data(tmp_path / "release")
+    from_csv = load_training_data(small_data)
+    assert (from_run.kind, from_release.kind) == ("run", "release")
+    assert from_run.positive == from_release.positive == from_csv.positive
+    assert from_run.negative == from_release.negative == from_csv.negative and from_run.split == from_csv.split
+    (tmp_path / "release" / "data" / "part-00000.parquet").write_bytes(b"damaged")
+    with pytest.raises(Exception, match="manifest"):
+        load_training_data(tmp_path / "release")
+
+
 def test_train_layers_freezes_the_embeddings_and_early_blocks(tiny_st):
     tower = TextTower(tiny_st, "cpu", train_layers=1)
     assert not any("embeddings" in n or "layer.0." in n for n in tower.trainable)
