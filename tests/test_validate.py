@@ -211,7 +211,7 @@ def test_validate_on_a_run_dir_gives_d_corr_only(tiny_clip, tmp_path):
     result = validate(tmp_path / "run", profile=load_profile("offline"), models=[tiny_clip], device="cpu")
     entry = result["models"][tiny_clip]
     assert result["data"] == {"source": str(tmp_path / "run"), "kind": "run", "rows": 8, "images": 0, "max_images": None}
-    assert set(entry["metrics"]) == {"d_corr"}
+    assert set(entry["metrics"]) == {"d_corr", "tier4_to_tier3_top1"}
     assert entry["absent"] == {"precision": "the data has no images", "recall": "the data has no images"}
     assert result["retrieval"] == {"skipped": "the data has no images"}
     assert_png(tmp_path / "run" / "validate" / "radius_by_tier.png")

@@ -279,6 +279,35 @@ def verify_cmd(run: Annotated[Path, typer.Argument(help="run directory, e.g. run
         raise typer.Exit(1)
 
 
+# --- finetune commands ---
+
+
+@app.command("finetune")
+def finetune_cmd(
+    data: Annotated[str, typer.Option("--data", "-d", help="run dir (its filter shards), release folder, or HierarCaps CSV / .csv.gz")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (model.safetensors + card.json); a rerun resumes")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="minilm | ARCH:TAG (open_clip text tower); default: the profile's")] = None,
+    profile: ProfileOpt = "offline",
+    set_: SetOpt = None,
+) -> None:
+    """Radial Embedding fine-tuning of a text encoder on hierarchies (the HierarCaps objective); validate it with --model OUT."""
+    from hierarcaps import pipeline
+
+    try:
+        card = _run_with_progress(pipeline.finetune, data=data, out=out, profile=profile, overrides=_overrides(set_), model=model)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    last = card["losses"]["per_epoch"][-1] if card["losses"]["per_epoch"] else {}
+    console.print(f"fine-tuned {card['base_model']} for {card['steps']['total']} steps in {card['timing_s']['train']:.0f} s; "
+                  f"last epoch loss {last.get('total', float('nan')):.4f}")
+    dev = card["dev"]
+    if dev.get("rows"):
+        for metric in ("d_corr", "tier4_to_tier3_top1"):
+            console.print(f"  dev {metric}: {dev['base'][metric]:.4f} -> {dev['tuned'][metric]:.4f}")
+        console.print(f"  dev cosine to the frozen encoder: {dev['tuned']['cosine_to_frozen']:.4f} ({dev['rows']} rows)")
+    console.print(f"model: {out} (use: hierarcaps validate --model {card['base_model']} --model {out} ...)")
+
+
 # --- release commands ---
 
 

@@ -190,6 +190,35 @@ class RayConfig(Section):
     start_timeout_seconds: float = Field(600.0, gt=0.0, description="give up when no actor starts (too few resources)")
 
 
+class FinetuneConfig(Section):
+    """Radial Embedding fine-tuning of a text tower (`hierarcaps finetune`), the objective of the HierarCaps paper's
+    released `code/train.py`: total = lambda_p * pullback + lambda_e * entailment + lambda_m * hard."""
+
+    model: str = "minilm"  # what to fine-tune: minilm | ARCH:TAG (open_clip: text tower + projection) | a tuned dir
+    learning_rate: float = Field(2e-5, gt=0.0)
+    schedule: Literal["constant", "linear"] = "constant"  # linear: warm-up then linear decay to 0
+    batch_size: int = Field(16, ge=1, description="hierarchies per step (8 texts each)")
+    max_steps: int = Field(0, ge=0, description="0: `epochs` passes over the training rows")
+    epochs: int = Field(1, ge=1)
+    lambda_p: float = Field(10.0, ge=0.0)  # pullback to the frozen encoder
+    lambda_e: float = Field(1.0, ge=0.0)  # entailment: mean exterior angles
+    lambda_m: float = Field(1.0, ge=0.0)  # hard examples: the worst positive and negative of the batch
+    # N_i = -angle(pos_i, neg_j): "same" j = i (the released code), "next" j = i + 1 (the negative that entails pos_i)
+    negative_pairing: Literal["same", "next"] = "same"
+    train_layers: int | None = Field(None, ge=0, description="None: the whole text tower; N: only its last N blocks")
+    # The paper's CLIP text tower has no dropout; MiniLM's (0.1) alone moves its embeddings to a cosine of ~0.94
+    # from the frozen ones, so with it the pullback measures dropout noise instead of drift. Off by default.
+    dropout: bool = False
+    split: Literal["train", "all"] = "train"  # "train": keep the by-image dev / eval buckets out of training
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    dev_rows: int | None = Field(None, ge=0, description="dev hierarchies scored at the end (None: all, 0: none)")
+    seed: int = 0
+    threads: int | None = Field(2, ge=1, description="torch CPU threads during the run")
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU, fp32 on a CPU
+
+
 class RunnerConfig(Section):
     # Where shards run: `local` (this process) or `ray` (an actor pool on a Ray cluster, `runner.ray`). Prefect flows
     # run `local` as one Prefect task per shard on `task_runner`.
@@ -215,6 +244,7 @@ class Profile(Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())

@@ -90,3 +90,21 @@ def build(
             source = input if name == "input" else None
             manifests[name] = run_stage(name, out, resolved, source=source, on_progress=on_progress, executor=executor)
     return manifests
+
+
+def finetune(
+    data: str | Path,
+    out: str | Path,
+    profile: str | Profile = "offline",
+    overrides: dict[str, Any] | None = None,
+    model: str | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    on_log: Callable[[dict], None] | None = None,
+) -> dict:
+    """Radial Embedding fine-tuning of the profile's `finetune.model` (or `model`) on hierarchies; returns the card."""
+    from hierarcaps.finetune.train import run_finetune  # torch and the encoders: only when fine-tuning
+
+    cfg = resolve_profile(profile, overrides).finetune
+    if model is not None:
+        cfg = cfg.model_copy(update={"model": model})
+    return run_finetune(data, out, cfg, on_progress=on_progress, on_log=on_log)

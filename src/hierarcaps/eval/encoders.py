@@ -8,12 +8,15 @@
 
 Model names: `arch:pretrained` (open_clip, e.g. the paper's "ViT-B-32:openai", "ViT-L-14:openai"), an open_clip
 model name without weights (a config registered with `open_clip.add_model_config`, random weights: tests),
-`hf-hub:...` / `local-dir:...` (open_clip schemas), or else a sentence-transformers model ("minilm" = the packaged
-all-MiniLM-L6-v2, or a hub id / local dir). Prefix "open_clip:" or "st:" to force one kind.
+`hf-hub:...` / `local-dir:...` (open_clip schemas), a folder written by `hierarcaps finetune` (card.json +
+model.safetensors: its base model with the tuned text-tower weights), or else a sentence-transformers model
+("minilm" = the packaged all-MiniLM-L6-v2, or a hub id / local dir). Prefix "open_clip:" or "st:" to force one kind.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ALIGNED = frozenset({"precision", "recall", "d_corr"})  # image and text towers share one space
 TEXT_ONLY = frozenset({"d_corr"})
+TUNED_KIND = "hierarcaps-finetune"  # card.json "kind" of a `hierarcaps finetune` output folder
 WHY_TEXT_ONLY = "text-only model: precision/recall need an image tower aligned with the text tower"
 
 
@@ -140,8 +144,42 @@ def _is_open_clip(name: str) -> tuple[str, str | None] | None:
     return None
 
 
+class TunedEncoder:
+    """A base encoder whose text tower carries the weights of a `hierarcaps finetune` folder."""
+
+    def __init__(self, folder: Path, device: str = "auto"):
+        from safetensors.torch import load_file
+
+        card = json.loads((folder / "card.json").read_text())
+        if card.get("kind") != TUNED_KIND:
+            raise ValueError(f"{folder}/card.json: kind {card.get('kind')!r}, expected {TUNED_KIND!r}")
+        self.base = load_encoder(card["base_model"], device)
+        if isinstance(self.base, SentenceEncoder):
+            self.base.model = copy.deepcopy(self.base.model)  # the base is cached and shared: never load into it
+        module = self.base.model
+        state = load_file(folder / "model.safetensors", device=str(next(module.parameters()).device))
+        unexpected = module.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{folder}/model.safetensors: {len(unexpected)} weight(s) not in {card['base_model']!r}, e.g. {unexpected[0]}")
+        module.eval()
+        self.name, self.card = str(folder), card
+        self.capabilities = self.base.capabilities  # only the text tower moved: an image tower stays aligned with it
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        return self.base.encode_text(texts)
+
+    def encode_images(self, paths: list[Path]) -> np.ndarray | None:
+        return self.base.encode_images(paths)
+
+    def describe(self) -> dict:
+        keys = ("base_model", "data", "hyperparameters", "steps", "weights_sha256")
+        return {**self.base.describe(), "name": self.name, "tuned": {k: self.card.get(k) for k in keys}}
+
+
 def load_encoder(name: str, device: str = "auto") -> Encoder:
     """Build the encoder a model name refers to (see the module docstring)."""
+    if (Path(name) / "card.json").is_file():
+        return TunedEncoder(Path(name), device)
     if name.startswith("st:"):
         return SentenceEncoder(name[3:], device)
     if name.startswith("open_clip:"):

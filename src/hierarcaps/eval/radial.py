@@ -63,6 +63,16 @@ def d_corr(text_emb: np.ndarray, root: np.ndarray) -> float:
     return float(np.mean(1.0 - 2.0 * inversions / pairs))
 
 
+def tau_by_tier_pair(text_emb: np.ndarray, root: np.ndarray) -> dict[str, float]:
+    """Per tier pair i < j: mean over rows of sign(r_j - r_i) ("1-2": 1.0 = tier 2 always further out than tier 1).
+
+    d_corr is the mean of these values (each row's tau is the mean of its pairs' signs), so they say which tiers
+    a model orders wrongly."""
+    r = radii(text_emb, root)
+    levels = r.shape[1]
+    return {f"{i + 1}-{j + 1}": float(np.sign(r[:, j] - r[:, i]).mean()) for i in range(levels) for j in range(i + 1, levels)}
+
+
 def _validate(texts: np.ndarray, text_emb: np.ndarray, image_emb: np.ndarray, image_of_row: np.ndarray) -> None:
     if text_emb.ndim != 3 or texts.shape != text_emb.shape[:2]:
         raise ValueError(f"texts {texts.shape} and text_emb {text_emb.shape} must be (n, L) and (n, L, d)")

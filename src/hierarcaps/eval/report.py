@@ -259,7 +259,9 @@ def render_markdown(report: dict) -> str:
         "",
         f"Radius = ||e - root||, root = embedding of the empty string; {report['re_steps']} radius thresholds. "
         "precision / recall: hierarchical retrieval of each image's texts across thresholds; d_corr: mean Kendall "
-        "tau between the radius order of a hierarchy's four tiers and 1..4 (1 = radii grow from generic to specific).",
+        "tau between the radius order of a hierarchy's four tiers and 1..4 (1 = radii grow from generic to specific). "
+        "tier-4 -> tier-3 top-1: each row's tier-4 text finds its own tier-3 text among all rows' tier-3 texts (cosine), "
+        "a check that a fine-tuned encoder still retrieves.",
         "",
     ]
     rows, notes = [], []
@@ -269,14 +271,21 @@ def render_markdown(report: dict) -> str:
             continue
         m = entry["metrics"]
         rows.append([f"`{name}`", entry["model"].get("kind"), m.get("precision"), m.get("recall"), m.get("d_corr"),
-                     f"{entry['seconds']:.1f}"])
+                     m.get("tier4_to_tier3_top1"), f"{entry['seconds']:.1f}"])
+        if entry["model"].get("tuned"):
+            notes.append(f"- `{name}`: fine-tuned from `{entry['model']['tuned']['base_model']}` by `hierarcaps finetune`")
         by_reason: dict[str, list[str]] = {}
         for metric, why in entry.get("absent", {}).items():
             by_reason.setdefault(why, []).append(metric)
         notes += [f"- `{name}`: no {' / '.join(metrics)}: {why}" for why, metrics in by_reason.items()]
         if entry["model"].get("random_weights"):
             notes.append(f"- `{name}` has random weights (a test model): its numbers mean nothing")
-    lines += _table(["model", "kind", "precision", "recall", "d_corr", "seconds"], rows)
+    lines += _table(["model", "kind", "precision", "recall", "d_corr", "tier-4 -> tier-3 top-1", "seconds"], rows)
+    pairs = {name: e["d_corr_by_tier_pair"] for name, e in report["models"].items() if e.get("d_corr_by_tier_pair")}
+    if pairs:
+        columns = list(next(iter(pairs.values())))
+        lines += ["", "d_corr by tier pair (mean sign of r_j - r_i; d_corr is their mean):", ""]
+        lines += _table(["model", *columns], [[f"`{n}`", *(p.get(c) for c in columns)] for n, p in pairs.items()])
     if notes:
         lines += ["", *sorted(set(notes), key=notes.index)]
     lines += ["", "## Image retrieval (semantic RSM)", ""]

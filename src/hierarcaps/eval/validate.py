@@ -30,6 +30,7 @@ from hierarcaps.engines.embed import resolve_device
 from hierarcaps.eval import report as report_mod
 from hierarcaps.eval.encoders import WHY_TEXT_ONLY, load_encoder, root
 from hierarcaps.eval.radial import re_metrics, radii
+from hierarcaps.eval.text_metrics import embed_rows, text_scores
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,14 @@ def _score_model(name: str, data: EvalData, device: str) -> tuple[dict, dict]:
     """(report entry, arrays for plots) for one model."""
     started = time.perf_counter()
     encoder = load_encoder(name, device)
-    unique, inverse = np.unique(data.texts.astype(str).ravel(), return_inverse=True)
-    text_emb = encoder.encode_text(list(unique))[inverse].reshape(*data.texts.shape, -1)
+    text_emb = embed_rows(data.texts, encoder.encode_text)
     origin = root(encoder)
     can_pr = "precision" in encoder.capabilities and data.images is not None
     image_emb = encoder.encode_images(data.images) if can_pr else None
     metrics = re_metrics(data.texts, text_emb, image_emb, data.image_of_row, origin, steps=RE_STEPS, return_curves=True)
     curves = metrics.pop("curves", None)
+    checks = text_scores(data.texts, text_emb, origin)
+    metrics["tier4_to_tier3_top1"] = checks["tier4_to_tier3_top1"]
     absent = {}
     if "precision" not in encoder.capabilities:
         absent = {"precision": WHY_TEXT_ONLY, "recall": WHY_TEXT_ONLY}
@@ -154,6 +156,7 @@ def _score_model(name: str, data: EvalData, device: str) -> tuple[dict, dict]:
         "capabilities": sorted(encoder.capabilities),
         "metrics": metrics,
         "absent": absent,
+        "d_corr_by_tier_pair": checks["d_corr_by_tier_pair"],
         "radius_by_tier": {"mean": row_radii.mean(axis=0).tolist(), "std": row_radii.std(axis=0).tolist()},
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -1,0 +1,1 @@
+"""Radial Embedding fine-tuning of text encoders on hierarchies (`hierarcaps finetune`)."""
