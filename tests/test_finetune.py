@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from hierarcaps import pipeline
-from hierarcaps.config import FinetuneConfig
+from hierarcaps.config import FinetuneConfig, load_profile
 from hierarcaps.eval.encoders import ALIGNED, TunedEncoder, load_encoder
 from hierarcaps.eval.text_metrics import embed_rows, parent_top1, text_scores
 from hierarcaps.finetune.data import load_training_data
@@ -241,7 +241,8 @@ def test_finetune_resumes_exactly_after_a_kill_and_validate_shows_base_and_tuned
     straight = pipeline.finetune(small_data, tmp_path / "straight", overrides=_overrides(tiny_st))
     assert (tmp_path / "straight" / "model.safetensors").is_file() and not (tmp_path / "straight" / "checkpoints").exists()
     assert straight["steps"]["total"] == 6 and straight["data"]["sha256"] == load_training_data(small_data).sha256
-    assert straight["hyperparameters"]["lambda_p"] == 10.0 and straight["losses"]["per_epoch"][0]["steps"] == 6
+    profile_lambda_p = load_profile("offline", _overrides(tiny_st)).finetune.lambda_p  # the card records what ran
+    assert straight["hyperparameters"]["lambda_p"] == profile_lambda_p and straight["losses"]["per_epoch"][0]["steps"] == 6
     assert [h["step"] for h in straight["losses"]["history"]] == [2, 4, 6]
 
     class Killed(Exception):

@@ -137,7 +137,8 @@ def test_negatives_resample_copies_and_bad_rows_are_rejected_with_raw_text(run, 
     )
     path = tmp_path / "captions.parquet"
     shards.write_table(table, path)
-    stage = GenerateStage(load_profile("offline", overrides={**STUDENT, "generate.negative_tries": 3}), run)
+    # one sample per try: this test counts tries (candidates per try have their own test below)
+    stage = GenerateStage(load_profile("offline", overrides={**STUDENT, "generate.negative_tries": 3, "generate.negative_candidates": 1}), run)
     student = ScriptedStudent()
     stage._generate = student
     task = ShardTask("generate", 0, (str(path),), 0, 4)

@@ -159,7 +159,7 @@ def test_validate_writes_report_and_plots(tiny_clip, small_set, tmp_path, monkey
     assert {"data", "models", "retrieval", "plots", "profile", "device", "seconds"} <= set(saved)
     assert saved["data"]["rows"] == 12 and saved["data"]["images"] == 6
     entry = saved["models"][tiny_clip]
-    assert set(entry["metrics"]) == {"precision", "recall", "d_corr"} and entry["absent"] == {}
+    assert set(entry["metrics"]) == {"precision", "recall", "d_corr", "tier4_to_tier3_top1"} and entry["absent"] == {}
     assert all(0 <= v <= 1 for k, v in entry["metrics"].items() if k != "d_corr")
     assert -1 <= entry["metrics"]["d_corr"] <= 1
 
@@ -192,7 +192,7 @@ def test_failing_retrieval_keeps_the_re_results(tiny_clip, small_set, tmp_path, 
     monkeypatch.setitem(sys.modules, "hierarcaps.eval.retrieval", module)
     result = validate(small_set, tmp_path / "r", models=[tiny_clip], device="cpu", max_images=3)
     assert "weights missing" in result["retrieval"]["skipped"]
-    assert set(result["models"][tiny_clip]["metrics"]) == {"precision", "recall", "d_corr"}
+    assert set(result["models"][tiny_clip]["metrics"]) == {"precision", "recall", "d_corr", "tier4_to_tier3_top1"}
 
 
 def test_validate_on_a_run_dir_gives_d_corr_only(tiny_clip, tmp_path):
