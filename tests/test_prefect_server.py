@@ -28,7 +28,7 @@ PREFECT = str(BIN / "prefect")
 BUILD_STAGES = ("input", "seed", "augment", "distill", "generate", "filter")
 # Small enough for a 2-core CPU: 6 captions in 2 input shards, 2 seed + 2 augmented captions, a 20-step student.
 OVERRIDES = {"input.rows_per_shard": 3, "seed.limit": 2, "augment.limit": 2, "distill.max_steps": 20,
-             "distill.checkpoint_every": 10}
+             "distill.checkpoint_every": 10, "generate.negative_candidates": 1, "generate.positive_tries": 1}
 
 
 def _free_port() -> int:
