@@ -27,12 +27,6 @@ META = "student.json"
 PROMPT_END = "\n"
 
 
-def base_source(cfg: StudentConfig) -> str:
-    from hierarcaps.engines.generation import causal_lm_source
-
-    return causal_lm_source(cfg.base_model, cfg.base_package, cfg.base_gguf)
-
-
 def _load_base(meta: dict, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
