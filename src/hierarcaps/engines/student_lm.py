@@ -129,9 +129,9 @@ def collate_left(inputs: list[list[int]], labels: list[list[int]], pad: int, dev
     return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
 
-def causal_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(mean cross-entropy over target tokens, their count). The LM head (49K x 576 for SmolLM2, a third of a
-    step's work over the whole sequence) runs only on the positions that predict a target token."""
+def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) on the positions that predict a target token only: the LM head (49K x 576 for SmolLM2, a
+    third of a step's work over the whole sequence) runs on those alone. Needs a left-padded batch (`collate_left`)."""
     labels = batch["labels"]
     labelled = (labels != -100).any(dim=0).nonzero()
     keep = int(labels.shape[1] - labelled[0]) + 1 if len(labelled) else 1  # from one before the first target on
@@ -139,24 +139,22 @@ def causal_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
                    logits_to_keep=keep).logits
     # logits[:, j] predicts the token after position (T - keep + j); the last position predicts nothing
-    targets = labels[:, labels.shape[1] - keep + 1 :]
+    return logits[:, :-1].float(), labels[:, labels.shape[1] - keep + 1 :]
+
+
+def causal_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(mean cross-entropy over target tokens, their count)."""
+    logits, targets = target_logits(model, batch)
     flat = targets.reshape(-1)
-    n = int((flat != -100).sum())
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), flat, ignore_index=-100)
-    return loss, n
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-100)
+    return loss, int((flat != -100).sum())
 
 
 @torch.no_grad()
 def lm_score(model, tokenizer, pairs: Sequence[tuple[str, str]], max_source_len: int, max_target_len: int) -> list[float]:
     """Mean log-probability per target token (eos included) of each (source, target), one batch."""
     inputs, labels = encode_pairs(tokenizer, pairs, max_source_len, max_target_len)
-    batch = collate_left(inputs, labels, tokenizer.pad_token_id, model.device)
-    keep = max(sum(1 for x in row if x != -100) for row in labels) + 1
-    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
-                   logits_to_keep=keep).logits[:, :-1].float()
-    targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1 :]
-    return _mean_target_logprob(logits, targets)
+    return _mean_target_logprob(*target_logits(model, collate_left(inputs, labels, tokenizer.pad_token_id, model.device)))
 
 
 def _mean_target_logprob(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
