@@ -3,7 +3,7 @@ checking shards by sha256.
 
 Run it inside the test cluster's private network namespace (2 nodes x 1 CPU on 127.0.0.1), under the exclusive CPU lock:
 
-    flock -x /tmp/hierarcaps-cpu.lock unshare -n env RAY=.venv/bin/ray bash tests/ray_cluster.sh 6391 \
+    flock -x /tmp/hierarcaps-cpu.lock env RAY=.venv/bin/ray bash tests/ray_cluster.sh 6391 \
         .venv/bin/python bench/executors.py --port 6391
 
 Same run directory, same shards, `runner.torch_threads = 1` everywhere; the three outputs must be byte-identical

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Run a command against a real two-node Ray cluster on 127.0.0.1, inside a private network namespace:
-#   unshare -n bash tests/ray_cluster.sh PORT COMMAND...
-# The namespace has only a loopback interface, so no Ray traffic can reach any address but 127.0.0.1 (Ray would
-# otherwise pick the machine's interface address even with --node-ip-address 127.0.0.1). Both nodes have 1 CPU;
-# the second also has the custom resource `hc_worker`, so a test can find (and kill) it. `ray stop` runs on every
-# exit path: a Ray left running makes the next `ray start` on that port fail with "already running".
+# Run a command against a real two-node Ray cluster on 127.0.0.1, in private network and PID namespaces:
+#   bash tests/ray_cluster.sh PORT COMMAND...
+# The network namespace has only a loopback interface, so no Ray traffic can reach any address but 127.0.0.1 (Ray
+# would otherwise pick the machine's interface address even with --node-ip-address 127.0.0.1). In the PID namespace
+# (with its own /proc) `ray stop` sees only this cluster's processes, not another Ray on the machine, and when this
+# script ends for any reason (even SIGKILL of unshare: --kill-child) the kernel kills whatever is left in it, so no
+# Ray outlives it to make the next `ray start` on that port fail with "already running". Both nodes have 1 CPU;
+# the second also has the custom resource `hc_worker`, so a test can find (and kill) it.
 set -euo pipefail
+if [[ -z ${HC_RAY_NAMESPACE:-} ]]; then
+  exec unshare --net --pid --fork --mount-proc --kill-child env HC_RAY_NAMESPACE=1 bash "$0" "$@"
+fi
 port=$1
 shift
 RAY=${RAY:-ray}

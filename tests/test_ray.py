@@ -1,4 +1,4 @@
-"""The Ray executor on a real two-node Ray cluster (tests/ray_cluster.sh, inside a private network namespace).
+"""The Ray executor on a real two-node Ray cluster (tests/ray_cluster.sh, in private network and PID namespaces).
 
 `generate` with a tiny distilled student runs locally and on the cluster: the shards are byte-identical. Then the
 worker node's processes are killed with SIGKILL while it holds a shard: the stage completes on the other node with
@@ -32,13 +32,14 @@ PORT = 6390  # the namespace has its own ports: nothing else can hold this one
 def _namespaces_work() -> bool:
     if shutil.which("unshare") is None:
         return False
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    probe = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"]  # what ray_cluster.sh runs in
+    return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the [ray] extra"),
-    pytest.mark.skipif(not _namespaces_work(), reason="needs `unshare -n` (a private network namespace)"),
+    pytest.mark.skipif(not _namespaces_work(), reason="needs `unshare` (private network and PID namespaces)"),
     pytest.mark.skipif(not COCO_AUTO.exists(), reason="../shared/data is not beside this checkout"),
 ]
 
@@ -78,13 +79,11 @@ def run(tmp_path_factory) -> Path:
 
 def test_generate_on_a_two_node_ray_cluster_matches_local_and_survives_a_killed_node(run, tmp_path):
     log = tmp_path / "ray.log"
-    cmd = ["unshare", "-n", "bash", str(ROOT / "ray_cluster.sh"), str(PORT),
+    cmd = ["bash", str(ROOT / "ray_cluster.sh"), str(PORT),
            sys.executable, str(ROOT / "ray_driver.py"), str(run), str(PORT), json.dumps(TINY)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
-                              env={**os.environ, "RAY": str(RAY), "RAY_LOG": str(log)})
-    finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True)  # also when the helper itself was killed
+    # on a timeout the script is killed and its PID namespace with it: no Ray is left behind
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "RAY": str(RAY), "RAY_LOG": str(log)})
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{log.read_text()[-3000:] if log.exists() else ''}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=1))
