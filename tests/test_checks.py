@@ -13,6 +13,7 @@ from hierarcaps.checks import (
     non_words,
     prompt_phrases,
     repeated_content_word,
+    restates,
 )
 from hierarcaps.config import ChecksConfig, load_profile
 from hierarcaps.inputs import load_hierarchies
@@ -79,6 +80,13 @@ def test_repeat_detectors():
     assert repeated_content_word("a train on a train track", "A train on a train track.") is None
     assert echoed_word("a train on a train", "A train on a train track.") is None
     assert repeated_content_word("a dog and a cat") is None and repeated_content_word("the dog of the dog") == "dog"
+
+
+def test_a_negative_made_of_the_positive_tiers_own_words_restates_it():
+    assert restates("black bear", "black bears") and restates("train in a station", "white yellow train at an empty station")
+    assert restates("a giraffe peeking around the wall", "A giraffe is peeking around the side of a wall at the camera.")
+    assert not restates("brown bear", "black bears") and not restates("a dog on a sofa", "a dog on a beach")
+    assert not restates("white yellow train at an empty station", "train in a station")  # more specific: not the same
 
 
 def test_word_list_and_example_phrases():

@@ -328,3 +328,19 @@ def test_train_nli_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_path
     assert flow.name == "train-nli"
     assert flow.fn(out=str(tmp_path / "nli"), seed=3, max_hierarchies=10) == {"ok": True}
     assert calls[0]["out"] == tmp_path / "nli" and calls[0]["seed"] == 3 and calls[0]["max_hierarchies"] == 10
+
+
+def test_train_student_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_path):
+    from prefect.flows import load_flow_from_entrypoint
+
+    import hierarcaps.student.train as train_module
+    from hierarcaps.nli.pairs import DEFAULT_DATA
+
+    calls = []
+    card = {"eval_loss": 2.0, "seconds": 1.0}
+    monkeypatch.setattr(train_module, "train_start", lambda **kwargs: calls.append(kwargs) or card)
+    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "student.py:train_student_flow"))
+    assert flow.name == "train-student"
+    assert flow.fn(out=str(tmp_path / "student"), work=str(tmp_path / "ckpt"), steps=7, seed=3) == card
+    assert calls[0]["out"] == tmp_path / "student" and calls[0]["work"] == tmp_path / "ckpt"
+    assert calls[0]["steps"] == 7 and calls[0]["seed"] == 3 and calls[0]["data"] == DEFAULT_DATA

@@ -125,7 +125,7 @@ class ScriptedStudent:
             elif tier == 2 and self.calls[source] == 1:
                 outputs.append(f"red {word} => more text")  # equals positive tier 2 -> drawn again
             else:
-                outputs.append(f"other{tier} {word} => ignored later tiers")
+                outputs.append(f"green{tier} {word} => ignored later tiers")
         return outputs
 
 
@@ -149,7 +149,7 @@ def test_negatives_resample_copies_and_bad_rows_are_rejected_with_raw_text(run, 
     assert set(out) == {"Zebras standing in a field.", "Cats sleeping on a couch."}
     zebra = out["Zebras standing in a field."]
     assert zebra["positive"] == ["zebras", "red zebras", "a red zebras here", "Zebras standing in a field."]
-    assert zebra["negative"] == ["other1 x", "other2 zebras", "other3 zebras", "other4 zebras"]
+    assert zebra["negative"] == ["green1 x", "green2 zebras", "green3 zebras", "green4 zebras"]
     rejects = {r["caption"]: r for r in result.rejects.to_pylist()}
     assert rejects["Giraffes eating leaves."]["reason"] == "student_unparsable"
     assert rejects["Giraffes eating leaves."]["raw"] == "no tiers at all" and rejects["Giraffes eating leaves."]["source_row"] == 1
@@ -172,7 +172,8 @@ def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likel
         if not sample:
             return ["zebras => red zebras => a red zebras here"] * len(sources)
         assert len(sources) == 3 and len(set(seed)) == 3, "three candidates per row, each with its own seed"
-        return ["red zebras", "a much longer candidate", "short"]  # the first copies positive tier 2
+        # the first says every positive tier again (its only content word is "zebras"); it would win on length
+        return ["the zebras over there with those", "a much longer candidate", "short"]
 
     def score(sources, targets):
         scored.append(list(targets))
@@ -181,7 +182,7 @@ def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likel
     stage._generate, stage._score = student, score
     result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
     assert result.out.to_pylist()[0]["negative"] == ["a much longer candidate"] * 4
-    assert "red zebras" not in scored[1], "a copy of the positive is never a candidate"
+    assert not any("the zebras over there with those" in tier for tier in scored), "a restatement of the positive is never a candidate"
     assert result.stats["negative_ranked"] == 4
 
 

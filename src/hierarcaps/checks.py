@@ -65,6 +65,14 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
+def restates(candidate: str, tier: str) -> bool:
+    """True when every content word of `candidate` (plural -s aside) is in `tier`: "black bear" for "black bears",
+    "train in a station" for "white yellow train at an empty station". Such a text says the tier again, or part of
+    it, so it cannot be that tier's negative."""
+    words_of = lambda text: {_stem(w) for w in content_words(text)}  # noqa: E731
+    return words_of(candidate) <= words_of(tier)
+
+
 # ------------------------------------------------------------------ per-tier detectors (the quality bench uses them)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from hierarcaps import schema, shards
-from hierarcaps.checks import normalize
+from hierarcaps.checks import normalize, restates
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
@@ -120,10 +120,8 @@ class GenerateStage(Stage):
         return ShardOutput(table, schema.rejects_table(rejects), stats)
 
     def _process_batch(self, rows: list[dict], stats: Stats) -> tuple[list[dict], list[dict]]:
-        raw = self._positives(rows, stats)
         live, rejects = [], []
-        for row, text in zip(rows, raw):
-            tiers = parse_general_tiers(text, row["caption"])
+        for row, (text, tiers) in zip(rows, self._positives(rows, stats)):
             if tiers is None:
                 stats.reject("student_unparsable")
                 detail = f"s2g output is not 3 distinct tiers (other than the caption) joined by ' => ': {text!r}"
@@ -145,21 +143,22 @@ class GenerateStage(Stage):
                         "negative": row["negative"], "source": "generate", "model": self.model_label()})
         return out, rejects
 
-    def _positives(self, rows: list[dict], stats: Stats) -> list[str]:
-        """s2g text per row: greedy (or beam) first; rows whose text is not a hierarchy are sampled again, up to
-        `positive_tries` in all, each row and try with its own seed."""
+    def _positives(self, rows: list[dict], stats: Stats) -> list[tuple[str, list[str] | None]]:
+        """(s2g text, its three tiers or None) per row: greedy (or beam) first; rows whose text is not a hierarchy are
+        sampled again, up to `positive_tries` in all, each row and try with its own seed."""
         sources = [source_text(S2G, [r["caption"]]) for r in rows]
         texts = self._generate(sources, num_beams=self.cfg.num_beams)
+        parsed = [(text, parse_general_tiers(text, row["caption"])) for row, text in zip(rows, texts)]
         for attempt in range(1, self.cfg.positive_tries):
-            bad = [i for i, (row, text) in enumerate(zip(rows, texts)) if parse_general_tiers(text, row["caption"]) is None]
+            bad = [i for i, (_, tiers) in enumerate(parsed) if tiers is None]
             if not bad:
                 break
             stats.add("positive_resamples", len(bad))
             again = self._generate([sources[i] for i in bad], sample=True, temperature=self.cfg.positive_temperature,
                                    top_p=self.cfg.negative_top_p, seed=[row_seed(self.cfg.seed, rows[i]["id"], 0, attempt) for i in bad])
             for i, text in zip(bad, again):
-                texts[i] = text
-        return texts
+                parsed[i] = (text, parse_general_tiers(text, rows[i]["caption"]))
+        return parsed
 
     def _score(self, sources: list[str], targets: list[str]) -> list[float]:
         from hierarcaps.engines.seq2seq import student_score
@@ -170,8 +169,8 @@ class GenerateStage(Stage):
 
     def _sample_negative_tier(self, rows: list[dict], tier: int, stats: Stats) -> None:
         """Fill negative[tier-1] of every row: one batched sampling call per try, only for rows still unresolved.
-        Each try draws `negative_candidates` samples per row; of those that are usable (not empty, not the positive)
-        the one the student itself finds most likely is kept."""
+        Each try draws `negative_candidates` samples per row; of those that are usable (not empty, not made only of
+        the positive tier's own words: `checks.restates`) the one the student itself finds most likely is kept."""
         pending, k = list(rows), self.cfg.negative_candidates
         for attempt in range(self.cfg.negative_tries):
             if not pending:
@@ -189,7 +188,7 @@ class GenerateStage(Stage):
             still, choices = [], []
             for n, row in enumerate(pending):
                 drawn = texts[n * k : (n + 1) * k]
-                usable = [c for c in dict.fromkeys(first_tier(t) for t in drawn) if c and normalize(c) != normalize(row["positive"][tier - 1])]
+                usable = [c for c in dict.fromkeys(first_tier(t) for t in drawn) if c and not restates(c, row["positive"][tier - 1])]
                 row["raw_negative"][tier - 1] = drawn[-1]
                 if usable:
                     choices.append((row, sources[n], usable))
@@ -200,7 +199,7 @@ class GenerateStage(Stage):
                 still.append(row)
             self._choose(choices, tier, stats)
             pending = still
-        stats.add("negative_same_as_positive", sum(1 for r in pending if r["negative"][tier - 1]))
+        stats.add("negative_restates_positive", sum(1 for r in pending if r["negative"][tier - 1]))
 
     def _choose(self, choices: list[tuple[dict, str, list[str]]], tier: int, stats: Stats) -> None:
         """Set each row's negative tier to its most likely usable candidate (by the student, not by the filter)."""
