@@ -165,7 +165,8 @@ def _train(training, rows, out, cfg, key, device, started, on_progress, on_log) 
         state["resumes"].append(state["step"])
         log.info("finetune: resuming from %s (step %d)", path, state["step"])
     else:
-        state = {"fingerprint": key, "step": 0, "sums": {}, "epoch_steps": 0, "epochs": [], "history": [], "resumes": []}
+        state = {"fingerprint": key, "step": 0, "sums": {}, "epoch_steps": 0, "epochs": [], "history": [], "resumes": [], "train_s": 0.0}
+    earlier_s = state.get("train_s", 0.0)  # training time of the runs before a resume (checkpoints record it)
     per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * per_epoch
     start_step, loop_started = state["step"], time.perf_counter()
@@ -201,7 +202,7 @@ def _train(training, rows, out, cfg, key, device, started, on_progress, on_log) 
             state["epochs"].append(_epoch_entry(epoch + 1, state["sums"], state["epoch_steps"]))
             state["sums"], state["epoch_steps"] = {}, 0
         if done % cfg.checkpoint_every == 0 and done < total:
-            state["step"] = done
+            state["step"], state["train_s"] = done, earlier_s + time.perf_counter() - loop_started
             _save_checkpoint(checkpoints, done, tower, optimizer, state)
         on_progress("finetune", done, total)
     train_s = time.perf_counter() - loop_started
@@ -226,7 +227,9 @@ def _train(training, rows, out, cfg, key, device, started, on_progress, on_log) 
         "steps": {"total": total, "per_epoch": per_epoch, "run_here": total - start_step, "resumed_from": state["resumes"]},
         "losses": {"per_epoch": state["epochs"], "history": state["history"]},
         "dev": dev,
-        "timing_s": {"train": round(train_s, 1), "dev_scores": round(dev_s, 1), "total": round(time.perf_counter() - started, 1)},
+        # "train": every step's run, resumed ones included (up to each run's last checkpoint); the rest: this run
+        "timing_s": {"train": round(earlier_s + train_s, 1), "train_here": round(train_s, 1), "dev_scores": round(dev_s, 1),
+                     "total": round(time.perf_counter() - started, 1)},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
                         "precision": "bf16 autocast" if isinstance(_autocast(device, cfg.precision), torch.autocast) else "fp32",
                         "python": platform.python_version(), "machine": platform.machine()},
