@@ -258,7 +258,7 @@ def test_finetune_resumes_exactly_after_a_kill_and_validate_shows_base_and_tuned
     resumed = pipeline.finetune(small_data, tmp_path / "killed", overrides=_overrides(tiny_st))
     assert resumed["steps"]["resumed_from"] == [4] and resumed["steps"]["run_here"] == 2
     timing = resumed["timing_s"]
-    assert timing["train"] > timing["train_here"] > 0, "the card's training time counts the steps run before the kill"
+    assert timing["train"] > timing["train_here"], "the card's training time counts the steps run before the kill"
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
     assert resumed["losses"] == straight["losses"]

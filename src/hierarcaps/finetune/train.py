@@ -228,7 +228,7 @@ def _train(training, rows, out, cfg, key, device, started, on_progress, on_log) 
         "losses": {"per_epoch": state["epochs"], "history": state["history"]},
         "dev": dev,
         # "train": every step's run, resumed ones included (up to each run's last checkpoint); the rest: this run
-        "timing_s": {"train": round(earlier_s + train_s, 1), "train_here": round(train_s, 1), "dev_scores": round(dev_s, 1),
+        "timing_s": {"train": round(earlier_s + train_s, 3), "train_here": round(train_s, 3), "dev_scores": round(dev_s, 1),
                      "total": round(time.perf_counter() - started, 1)},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
                         "precision": "bf16 autocast" if isinstance(_autocast(device, cfg.precision), torch.autocast) else "fp32",
