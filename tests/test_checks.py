@@ -87,6 +87,9 @@ def test_a_negative_made_of_the_positive_tiers_own_words_restates_it():
     assert restates("a giraffe peeking around the wall", "A giraffe is peeking around the side of a wall at the camera.")
     assert not restates("brown bear", "black bears") and not restates("a dog on a sofa", "a dog on a beach")
     assert not restates("white yellow train at an empty station", "train in a station")  # more specific: not the same
+    # a preposition can be all that contradicts
+    assert not restates("garage outside the home", "garage inside of a home") and not restates("cat outside", "cat sitting")
+    assert not restates("a man without a hat", "a man with a hat") and restates("giraffes in the front of the enclosure", "giraffes in an enclosure")
 
 
 def test_word_list_and_example_phrases():

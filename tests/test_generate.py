@@ -173,7 +173,7 @@ def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likel
             return ["zebras => red zebras => a red zebras here"] * len(sources)
         assert len(sources) == 3 and len(set(seed)) == 3, "three candidates per row, each with its own seed"
         # the first says every positive tier again (its only content word is "zebras"); it would win on length
-        return ["the zebras over there with those", "a much longer candidate", "short"]
+        return ["these are the zebras, they are there", "a much longer candidate", "short"]
 
     def score(sources, targets):
         scored.append(list(targets))
@@ -182,7 +182,7 @@ def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likel
     stage._generate, stage._score = student, score
     result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
     assert result.out.to_pylist()[0]["negative"] == ["a much longer candidate"] * 4
-    assert not any("the zebras over there with those" in tier for tier in scored), "a restatement of the positive is never a candidate"
+    assert not any("these are the zebras, they are there" in tier for tier in scored), "a restatement of the positive is never a candidate"
     assert result.stats["negative_ranked"] == 4
 
 

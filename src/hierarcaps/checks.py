@@ -65,11 +65,21 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
+# Words that add nothing a negative could contradict with: articles, forms of "be", pronouns, determiners, and the
+# prepositions that place a thing without opposing another place ("train in a station" for "train at an empty
+# station"). The opposing ones (inside / outside, under / over, up / down, without, behind, ...) count as content:
+# "garage outside the home" for "garage inside of a home" is a negative.
+_NO_CONTENT = frozenset(
+    "a an the is are was were be being been it its this that these those there their his her he she they them some "
+    "of in on at to and or with by for from into onto near next top front side".split()
+)
+
+
 def restates(candidate: str, tier: str) -> bool:
-    """True when every content word of `candidate` (plural -s aside) is in `tier`: "black bear" for "black bears",
-    "train in a station" for "white yellow train at an empty station". Such a text says the tier again, or part of
-    it, so it cannot be that tier's negative."""
-    words_of = lambda text: {_stem(w) for w in content_words(text)}  # noqa: E731
+    """True when every word of `candidate` (plural -s aside, words in _NO_CONTENT ignored) is in `tier`: "black bear"
+    for "black bears", "train in a station" for "white yellow train at an empty station". Such a text says the tier
+    again, or part of it, so it cannot be that tier's negative."""
+    words_of = lambda text: {_stem(w) for w in _ALPHA.findall(text.lower()) if w not in _NO_CONTENT}  # noqa: E731
     return words_of(candidate) <= words_of(tier)
 
 
