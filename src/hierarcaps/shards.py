@@ -227,7 +227,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def worker_id() -> str:
-    """This process as a shard writer, `host:pid`; a Ray actor prefixes its node id (executors/ray_pool.py)."""
+    """This process as a shard writer, `host:pid`; a Ray actor prefixes its node id (ray_executor.py)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -232,9 +232,6 @@ class Stage(ABC):
 
         return run_stage(self, executor, on_progress)
 
-    def total_rows(self) -> int:
-        return sum(self.input_rows(t) for t in self.plan())
-
 
 def _num_rows(path: Path) -> int:
     import pyarrow.parquet as pq

@@ -188,14 +188,14 @@ class GenerateStage(Stage):
             still, choices = [], []
             for n, row in enumerate(pending):
                 drawn = texts[n * k : (n + 1) * k]
-                usable = [c for c in dict.fromkeys(first_tier(t) for t in drawn) if c and not restates(c, row["positive"][tier - 1])]
+                firsts = [c for c in (first_tier(t) for t in drawn) if c]
+                usable = [c for c in dict.fromkeys(firsts) if not restates(c, row["positive"][tier - 1])]
                 row["raw_negative"][tier - 1] = drawn[-1]
                 if usable:
                     choices.append((row, sources[n], usable))
                     continue
-                copies = [first_tier(t) for t in drawn if first_tier(t)]
-                if copies:
-                    row["negative"][tier - 1] = copies[-1]
+                if firsts:  # every sample restates the positive: keep one in case no later try does better
+                    row["negative"][tier - 1] = firsts[-1]
                 still.append(row)
             self._choose(choices, tier, stats)
             pending = still
