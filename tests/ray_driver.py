@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import ray
 
-from hierarcaps import pipeline, shards
+from hierarcaps import pipeline
 from hierarcaps.config import load_profile
 from hierarcaps.ray_executor import RayExecutor
 

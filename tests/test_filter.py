@@ -21,7 +21,7 @@ from hierarcaps import judge as judge_mod
 from hierarcaps.stages import refilter
 from hierarcaps.judge import rule_pairs
 from hierarcaps.stages.filter import FilterStage
-from hierarcaps.stages.refilter import filter_file
+from hierarcaps.pipeline import filter_file
 
 ENTAIL, NEUTRAL, CONTRA = (0.9, 0.06, 0.04), (0.2, 0.7, 0.1), (0.05, 0.15, 0.8)
 
@@ -91,6 +91,7 @@ def case(tmp_path):
     add("contrafail", "nli_negative_not_contradicting", lambda p, n, s: s.pop((p[3], n[3])))
     add("prevfail", "nli_negative_not_entailing_previous", lambda p, n, s: s.update({(n[2], p[1]): CONTRA}))
     add("twofail", "nli_positive_not_entailed", lambda p, n, s: (s.update({(p[1], p[0]): CONTRA}), s.pop((p[0], n[0]))))
+    add("capfail", "nli_caption_not_entailed", lambda p, n, s: s.update({(p[3], p[0]): NEUTRAL}))
     add("posonly", None, negative=False)
     add("struct", "positive_repeated_tier", lambda p, n, s: p.__setitem__(2, p[1]))
     add("copy", "negative_copies_positive", lambda p, n, s: n.__setitem__(1, p[1]))
@@ -123,11 +124,15 @@ def test_filter_decisions_reasons_and_details(tmp_path, profile, case):
     contra = json.loads(details["nli_negative_not_contradicting"]["detail"])
     posfail = [json.loads(r["detail"]) for r in rejects.to_pylist() if r["caption"].startswith("posfail")][0]
     assert posfail == {
-        "rule": "nli_positive_entails", "tier": 2, "premise": "posfail brown dog", "hypothesis": "posfail dog",
+        "rule": "nli_positive_entails", "side": "positive", "tier": 2, "premise": "posfail brown dog", "hypothesis": "posfail dog",
         "probs": {"entailment": 0.2, "neutral": 0.7, "contradiction": 0.1}, "threshold": 0.5, "needs": "entailment",
         "also_failed": [],
     }
     assert pos["rule"] == "nli_positive_entails"
+    assert (prev["side"], contra["side"]) == ("negative", "negative")
+    caption = json.loads(details["nli_caption_not_entailed"]["detail"])
+    assert (caption["side"], caption["tier"], caption["premise"], caption["hypothesis"]) == (
+        "positive", 1, "capfail brown dog on the grass", "capfail animal")
     assert (prev["tier"], prev["premise"], prev["hypothesis"]) == (3, "prevfail brown cat", "prevfail dog")
     assert (contra["tier"], contra["premise"], contra["hypothesis"]) == (4, "contrafail brown dog on the grass", "contrafail brown cat on the sand")
     twofail = [json.loads(r["detail"]) for r in rejects.to_pylist() if r["caption"].startswith("twofail")][0]
@@ -143,14 +148,16 @@ def test_accounting_dedup_and_structural_rejects_never_reach_nli(tmp_path, profi
     assert len(nli.calls) == 1  # one shard, one NLI pass
     scored = nli.calls[0]
     assert len(scored) == len(set(scored)) == stats["nli_unique_pairs"]
-    # 8 rows reach NLI, 7 with negatives (3 + 4 + 3 pairs) and 1 positive-only (3 pairs); the duplicate adds no pair
-    assert stats["nli_pairs"] == 7 * 10 + 3 and len(scored) == 6 * 10 + 3
+    # 9 rows reach NLI, 8 with negatives (3 + 2 caption + 4 + 3 pairs) and 1 positive-only (3 + 2 pairs); the
+    # duplicate adds no pair
+    assert stats["nli_pairs"] == 8 * 12 + 5 and len(scored) == 7 * 12 + 5
     assert not any(text.startswith(("struct", "copy")) for text in nli.seen)
     # each rule is counted on every row that reaches it, independently of the other rules
-    assert stats["checked:nli_positive_entails"] == 8 and stats["pass:nli_positive_entails"] == 6
-    assert stats["checked:nli_negative_contradicts"] == 7 and stats["pass:nli_negative_contradicts"] == 5
-    assert stats["checked:nli_negative_entails_previous"] == 7 and stats["pass:nli_negative_entails_previous"] == 6
-    assert stats["pair_checked:nli_negative_contradicts:t4"] == 7 and stats["pair_pass:nli_negative_contradicts:t4"] == 6
+    assert stats["checked:nli_positive_entails"] == 9 and stats["pass:nli_positive_entails"] == 7
+    assert stats["checked:nli_caption_entails"] == 9 and stats["pass:nli_caption_entails"] == 8
+    assert stats["checked:nli_negative_contradicts"] == 8 and stats["pass:nli_negative_contradicts"] == 6
+    assert stats["checked:nli_negative_entails_previous"] == 8 and stats["pass:nli_negative_entails_previous"] == 7
+    assert stats["pair_checked:nli_negative_contradicts:t4"] == 8 and stats["pair_pass:nli_negative_contradicts:t4"] == 7
     assert stats["reject:nli_positive_not_entailed"] == 2 and stats["reject:positive_repeated_tier"] == 1
 
 
@@ -159,12 +166,13 @@ def test_check_report_gives_each_checks_accept_rate(tmp_path, profile, case):
     on_disk = json.loads((tmp_path / "run" / "filter" / "check_report.json").read_text())
     assert on_disk == json.loads(json.dumps({k: v for k, v in report.items() if k != "manifests"}))
     rates = {c["check"]: c for c in report["checks"]}
-    assert (rates["load_4_tiers"]["checked"], rates["load_4_tiers"]["passed"]) == (10, 10)
-    assert (rates["structural"]["checked"], rates["structural"]["passed"]) == (10, 8)
-    assert rates["negative_copies_positive"]["accept_rate"] == pytest.approx(9 / 10)
-    assert rates["nli_negative_contradicts"]["accept_rate"] == pytest.approx(5 / 7)
-    assert rates["nli_positive_entails:t2"]["accept_rate"] == pytest.approx(7 / 8)
-    assert report["nli_model"] == "fake-nli" and report["accepted"] == 4 and report["rows"] == 10
+    assert (rates["load_4_tiers"]["checked"], rates["load_4_tiers"]["passed"]) == (11, 11)
+    assert (rates["structural"]["checked"], rates["structural"]["passed"]) == (11, 9)
+    assert rates["negative_copies_positive"]["accept_rate"] == pytest.approx(10 / 11)
+    assert rates["nli_negative_contradicts"]["accept_rate"] == pytest.approx(6 / 8)
+    assert rates["nli_positive_entails:t2"]["accept_rate"] == pytest.approx(8 / 9)
+    assert rates["nli_caption_entails:t1"]["accept_rate"] == pytest.approx(8 / 9)
+    assert report["nli_model"] == "fake-nli" and report["accepted"] == 4 and report["rows"] == 11
 
 
 def test_thresholds_come_from_config_or_the_model_card(tmp_path, case):
@@ -210,7 +218,8 @@ def test_rule_pairs_follow_the_tier_structure():
     assert pairs[("nli_negative_contradicts", 1)] == ("p1", "n1") and pairs[("nli_negative_contradicts", 4)] == ("p4", "n4")
     assert pairs[("nli_negative_entails_previous", 2)] == ("n2", "p1")
     assert pairs[("nli_negative_entails_previous", 4)] == ("n4", "p3")
-    assert len(pairs) == 10 and len(rule_pairs(pos, None)) == 3
+    assert pairs[("nli_caption_entails", 1)] == ("p4", "p1") and pairs[("nli_caption_entails", 2)] == ("p4", "p2")
+    assert len(pairs) == 12 and len(rule_pairs(pos, None)) == 5
 
 
 class FakeGenerate(Stage):
@@ -243,11 +252,11 @@ def test_default_filter_reads_generate_one_task_per_shard(tmp_path, profile):
     stage = pipeline.make_stage("filter", profile, tmp_path)
     assert isinstance(stage, FilterStage) and stage.upstream == ("generate",)
     assert [t.index for t in stage.plan()] == [0, 1]
-    assert stage.judge.nli_id.startswith("minilm-head:default@") and not stage.judge.nli_loaded  # the model loads on first use
+    assert stage.judge.nli_id.startswith("minilm-nli:default@") and not stage.judge.nli_loaded  # the model loads on first use
     nli = FakeNLI(special)
     manifest = FilterStage(profile, tmp_path, nli=nli).run()
     assert len(nli.calls) == 2 and manifest["stats"]["rows_out"] == 3
-    assert manifest["models"] == {"nli": "fake-nli"} and "not an MNLI model" in manifest["note"]
+    assert manifest["models"] == {"nli": "fake-nli"} and "stand-in" in manifest["note"]
     again = FilterStage(profile, tmp_path, nli=FakeNLI(special))
     assert again.is_complete()
     changed = FilterStage(load_profile("offline", {"filter.nli.entail_threshold": 0.6}), tmp_path, nli=FakeNLI(special))
@@ -297,7 +306,7 @@ def test_filter_file_on_positive_only_captions_csv(tmp_path, shared_data):
     checks = {c["check"] for c in report["checks"]}
     assert "nli_positive_entails" in checks and not any("negative" in c and c.startswith("nli") for c in checks)
     structural = {c["check"]: c for c in report["checks"]}["structural"]
-    assert report["nli_pairs"] == 3 * structural["passed"] and structural["checked"] == 12  # 3 positive pairs a row
+    assert report["nli_pairs"] == 5 * structural["passed"] and structural["checked"] == 12  # 3 positive + 2 caption pairs a row
     out = refilter.accepted_rows(tmp_path / "run")
     assert set(out["id"].to_pylist()) <= {r["id"] for r in rows} and out.num_rows == report["accepted"] > 0
 
@@ -328,7 +337,7 @@ def test_cli_filter_prints_rates_and_writes_csv(tmp_path, case, monkeypatch):
     written = tmp_path / "kept.csv"
     result = CliRunner().invoke(app, ["filter", "--input", str(source), "--out", str(tmp_path / "run"), "--write-csv", str(written)])
     assert result.exit_code == 0, result.output
-    assert "nli_negative_contradicts" in result.output and "71.4%" in result.output  # 5 of 7 rows
+    assert "nli_negative_contradicts" in result.output and "75.0%" in result.output  # 6 of 8 rows
     back, _ = load_hierarchies(written)
     assert back.num_rows == 4  # the duplicate row is kept twice: the filter judges, it does not deduplicate rows
     assert set(back["caption"].to_pylist()) == {c for c, reason in expected.items() if reason is None}

@@ -19,7 +19,7 @@ from hierarcaps import orchestration, shards
 from hierarcaps.config import load_profile
 from hierarcaps.executor import stage_spec
 from hierarcaps.stages import STAGES, select_stages
-from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError
+from hierarcaps.stage import ShardOutput, ShardTask, Stage
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = (
@@ -326,8 +326,23 @@ def test_train_nli_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_path
     monkeypatch.setattr(train_module, "train_nli", lambda **kwargs: calls.append(kwargs) or {"ok": True})
     flow = load_flow_from_entrypoint(str(ROOT / "flows" / "nli.py:train_nli_flow"))
     assert flow.name == "train-nli"
-    assert flow.fn(out=str(tmp_path / "nli"), seed=3, max_hierarchies=10) == {"ok": True}
+    assert flow.fn(out=str(tmp_path / "nli"), backend="minilm-head", seed=3, max_hierarchies=10) == {"ok": True}
     assert calls[0]["out"] == tmp_path / "nli" and calls[0]["seed"] == 3 and calls[0]["max_hierarchies"] == 10
+
+
+def test_train_nli_flow_trains_the_offline_default_cross_encoder(monkeypatch, tmp_path):
+    from prefect.flows import load_flow_from_entrypoint
+
+    import hierarcaps.nli.cross_train as cross_train
+
+    calls = []
+    monkeypatch.setattr(cross_train, "train_minilm_nli", lambda **kwargs: calls.append(kwargs) or {"ok": True})
+    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "nli.py:train_nli_flow"))
+    assert flow.fn(out=str(tmp_path / "nli"), seed=3, threads=1) == {"ok": True}
+    assert calls[0]["out"] == tmp_path / "nli" and calls[0]["seed"] == 3 and calls[0]["threads"] == 1
+    assert calls[0]["epochs"] == cross_train.DEFAULTS["epochs"]
+    with pytest.raises(ValueError, match="backend"):
+        flow.fn(out=str(tmp_path / "nli"), backend="bert")
 
 
 def test_train_student_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_path):

@@ -12,12 +12,11 @@ import torch
 
 from hierarcaps.config import NLIConfig
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
+from hierarcaps.engines.classify import NLILabelError, label_columns
 from hierarcaps.engines.nli import (
     CrossEncoderNLI,
     LexicalNLI,
-    NLILabelError,
     coverage,
-    label_columns,
     lexical_probs,
     load_nli,
     nli_model_id,

@@ -158,7 +158,8 @@ def filter_cmd(
     from rich.table import Table
 
     from hierarcaps import inputs, summary
-    from hierarcaps.stages.refilter import REPORT, accepted_rows, filter_file
+    from hierarcaps.pipeline import filter_file
+    from hierarcaps.stages.refilter import REPORT, accepted_rows
 
     try:
         report = _run_with_progress(filter_file, input=input, out=out, profile=profile, overrides=_overrides(set_))
@@ -186,30 +187,72 @@ def filter_cmd(
 @app.command("train-nli")
 def train_nli_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="artifact folder (model.safetensors + card.json)")],
+    backend: Annotated[str, typer.Option(help="minilm-nli (the offline default) | minilm-head (the earlier stand-in)")] = "minilm-nli",
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="hierarcaps_coco_auto CSV (positive,negative,image_url); default ../shared/data/...")] = None,
+    nli_data: Annotated[Optional[Path], typer.Option("--nli-data", help="minilm-nli: folder of human-labelled NLI files; default ../shared/data/nli")] = None,
     seed: Annotated[int, typer.Option(help="seeds pair sampling, init and shuffling")] = 0,
-    max_hierarchies: Annotated[Optional[int], typer.Option("--max-hierarchies", help="only the first N rows of the data")] = None,
-    epochs: Annotated[int, typer.Option(help="training epochs (the best dev epoch is kept)")] = 12,
-    device: Annotated[str, typer.Option(help="cpu | cuda (bit-for-bit reproduction is for cpu)")] = "cpu",
+    epochs: Annotated[Optional[int], typer.Option(help="passes over the training pairs (default: minilm-nli 2, minilm-head 12)")] = None,
+    threads: Annotated[int, typer.Option(help="minilm-nli: torch CPU threads (bit-for-bit reproduction needs the same count)")] = 2,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="minilm-nli: stop after N optimizer steps (quick checks)")] = None,
+    max_hierarchies: Annotated[Optional[int], typer.Option("--max-hierarchies", help="minilm-head: only the first N rows of the data")] = None,
+    device: Annotated[str, typer.Option(help="minilm-head: cpu | cuda (bit-for-bit reproduction is for cpu)")] = "cpu",
 ) -> None:
-    """Train the minilm-head NLI stand-in (a small distilled model, not MNLI); use it with --set filter.nli.model=OUT."""
+    """Train an offline NLI model: the minilm-nli cross-encoder (human NLI labels + caption-hierarchy pairs) or the
+    minilm-head stand-in; use it with --set filter.nli.model=OUT (and filter.nli.backend)."""
     from hierarcaps.nli.pairs import DEFAULT_DATA
-    from hierarcaps.nli.train import train_nli
 
+    if backend not in ("minilm-nli", "minilm-head"):
+        _fail(ValueError(f"--backend {backend!r}: use minilm-nli or minilm-head"))
     try:
-        card = train_nli(data=data or DEFAULT_DATA, out=out, seed=seed, max_hierarchies=max_hierarchies, epochs=epochs, device=device)
+        if backend == "minilm-nli":
+            from hierarcaps.nli.cross_train import DEFAULTS, train_minilm_nli
+            from hierarcaps.nli.human import DEFAULT_DIR
+
+            card = train_minilm_nli(out=out, nli_dir=nli_data or DEFAULT_DIR, hierarchies=data or DEFAULT_DATA, seed=seed,
+                                    epochs=epochs or DEFAULTS["epochs"], threads=threads, max_steps=max_steps)
+        else:
+            from hierarcaps.nli.train import train_nli
+
+            card = train_nli(data=data or DEFAULT_DATA, out=out, seed=seed, max_hierarchies=max_hierarchies, epochs=epochs or 12, device=device)
     except EXPECTED_ERRORS as err:
         _fail(err)
-    metrics, th = card["dev_metrics"], card["thresholds"]
-    console.print(f"[yellow]note:[/] {card['description']}")
-    for name, entry in metrics["per_type"].items():
-        console.print(f"  {name:>17} ({entry['label']}, n={entry['n']}): {entry['accuracy']:.3f}")
-    console.print(
-        f"dev pair accuracy {metrics['accuracy']:.4f}; temperature {card['temperature']}; thresholds entail {th['entail']} "
-        f"contradict {th['contradict']} joint {th.get('joint')} (dev: originals kept {th['dev_originals_kept']:.1%}, semantic errors rejected "
-        f"{th['dev_semantic_rejected']:.1%}); {card['timing_s']['total']:.0f} s"
-    )
-    console.print(f"artifact: {out} (weights sha256 {card['weights_sha256'][:16]}...); use: --set filter.nli.model={out}")
+    th = card["thresholds"]
+    if backend == "minilm-nli":
+        dev = card["dev"]
+        for source, entry in dev["by_source"].items():
+            console.print(f"  {source:>18} (n={entry['n']}): {entry['accuracy']:.3f}")
+        console.print(f"dev accuracy {dev['accuracy']:.4f}; temperature {card['temperature']}; thresholds entail {th['entail']} "
+                      f"contradict {th['contradict']}; {card['training']['train_seconds']:.0f} s of training")
+    else:
+        metrics = card["dev_metrics"]
+        console.print(f"[yellow]note:[/] {card['description']}")
+        for name, entry in metrics["per_type"].items():
+            console.print(f"  {name:>17} ({entry['label']}, n={entry['n']}): {entry['accuracy']:.3f}")
+        console.print(
+            f"dev pair accuracy {metrics['accuracy']:.4f}; temperature {card['temperature']}; thresholds entail {th['entail']} "
+            f"contradict {th['contradict']} joint {th.get('joint')} (dev: originals kept {th['dev_originals_kept']:.1%}, semantic errors rejected "
+            f"{th['dev_semantic_rejected']:.1%}); {card['timing_s']['total']:.0f} s"
+        )
+    console.print(f"artifact: {out} (weights sha256 {card['weights_sha256'][:16]}...); use: --set filter.nli.backend={backend} --set filter.nli.model={out}")
+
+
+@app.command("nli")
+def nli_cmd(
+    input: Annotated[Path, typer.Option("--input", "-i", help="pairs: CSV, TSV, JSONL or parquet with columns premise, hypothesis")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="scored parquet: the input columns + entailment, neutral, contradiction, label")],
+    profile: ProfileOpt = "offline",
+    set_: SetOpt = None,
+) -> None:
+    """Score premise / hypothesis pairs with the profile's NLI back-end (filter.nli), e.g. to see why a row was rejected."""
+    from hierarcaps.pipeline import score_nli
+
+    try:
+        summary = score_nli(input, out, profile, _overrides(set_))
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    counts = ", ".join(f"{label} {n}" for label, n in summary["labels"].items())
+    console.print(f"{summary['rows']} pairs scored by {summary['model']} ({counts}) -> {out}")
+
 
 @app.command("train-student")
 def train_student_cmd(
@@ -366,6 +409,56 @@ def serve(
         orchestration.serve(project_dir, name)
     except EXPECTED_ERRORS as err:
         _fail(err)
+
+
+# --- review commands ---
+
+review_app = typer.Typer(no_args_is_help=True, help="Blind review kit: a shuffled sheet with the source hidden, and its scores (docs/review.md).")
+
+
+@review_app.command("sample")
+def review_sample_cmd(
+    run: Annotated[Path, typer.Argument(help="run directory (its accepted filter rows), or a HierarCaps CSV / .csv.gz")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="kit folder to write (sheet.md/.json/.csv, brief.md, key.json)")],
+    n: Annotated[int, typer.Option("--n", help="rows to draw from each source")] = 40,
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="second source: a run directory or a HierarCaps CSV / .csv.gz")] = None,
+    seed: Annotated[int, typer.Option(help="seeds the draw, the shuffle and the ids")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
+) -> None:
+    """Write a blind review sheet (rows shuffled, source hidden) and, apart, the key that says where each row came from."""
+    from hierarcaps import review
+
+    try:
+        key = review.sample(run, out, n=n, compare=compare, seed=seed, force=force)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    drawn = ", ".join(f"{s['sampled']} from {name} ({s['path']})" for name, s in key["sources"].items())
+    shared = f"; {key['shared_used']} of {key['shared_captions']} shared captions" if key["shared_captions"] is not None else ""
+    console.print(f"wrote {len(key['rows'])} items to {out}: {drawn}; rule: {key['rule']}{shared}", soft_wrap=True)
+    console.print(f"give each reviewer {out / review.BRIEF_FILE} and {out / review.SHEET_MD} only; keep {out / review.KEY} apart; "
+                  f"then: hierarcaps review score {out} --labels A.json --labels B.json", soft_wrap=True)
+
+
+@review_app.command("score")
+def review_score_cmd(
+    review_dir: Annotated[Path, typer.Argument(help="kit folder written by `hierarcaps review sample`")],
+    labels: Annotated[list[Path], typer.Option("--labels", "-l", help="a reviewer's labels JSON (docs/review.md); repeat for agreement")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the scores as JSON here")] = None,
+) -> None:
+    """Shares valid per source (positive, negative tiers 1-4, whole rows) and agreement between reviewers (Cohen's kappa)."""
+    from hierarcaps import review
+
+    try:
+        result = review.score(review_dir, labels, json_out=json_out)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    for table in review.score_tables(result):
+        out_console.print(table)
+    if json_out is not None:
+        console.print(f"scores: {json_out}")
+
+
+app.add_typer(review_app, name="review")
 
 
 if __name__ == "__main__":

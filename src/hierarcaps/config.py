@@ -151,9 +151,10 @@ class ChecksConfig(Section):
 
 class NLIConfig(Section):
     # cross-encoder: any transformers AutoModelForSequenceClassification with MNLI labels (paper profile).
-    # minilm-head: the distilled offline stand-in trained by `hierarcaps train-nli` (issue #7).
+    # minilm-nli: the offline MiniLM cross-encoder trained on human NLI labels by `hierarcaps train-nli` (issue #17).
+    # minilm-head: the earlier stand-in, an MLP on frozen sentence vectors (`hierarcaps train-nli --backend minilm-head`).
     # lexical: containment + MiniLM similarity heuristic (no training, weakest).
-    backend: Literal["cross-encoder", "minilm-head", "lexical"] = "minilm-head"
+    backend: Literal["minilm-nli", "cross-encoder", "minilm-head", "lexical"] = "minilm-nli"
     model: str | None = None  # hub id / local dir; None = the backend's default
     batch_size: int = Field(64, ge=1)
     device: str = "auto"
@@ -162,7 +163,7 @@ class NLIConfig(Section):
     # Joint rule: a row also needs the mean over its pairs of log P(required label) >= this (the log of their
     # geometric mean; e.g. -0.69 = geometric mean 0.5). None: no joint rule (the paper's per-pair rule alone).
     joint_threshold: float | None = Field(None, le=0.0)
-    use_card_thresholds: bool = True  # minilm-head: take the thresholds chosen on its dev split (all three)
+    use_card_thresholds: bool = True  # shipped models: take the thresholds chosen on their dev split (from the card)
 
 
 class FilterConfig(Section):

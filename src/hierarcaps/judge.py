@@ -7,6 +7,7 @@ model and thresholds (the profile's `filter` section), same reject reasons and d
 
 NLI rules, for a positive hierarchy p (tier 1 generic .. tier 4 = caption) and an optional negative n:
 - `nli_positive_entails`:          p[i+1] entails p[i]          (i = 1..3)
+- `nli_caption_entails`:           the caption p[4] entails p[i] (i = 1..2; p[4] => p[3] is the rule above)
 - `nli_negative_contradicts`:      n[i] contradicts p[i]        (premise p[i], hypothesis n[i]; i = 1..4)
 - `nli_negative_entails_previous`: n[i] entails p[i-1]          (i = 2..4)
 - `nli_joint` (when a joint threshold is set): the mean over all those pairs of log P(required label) reaches it
@@ -14,7 +15,8 @@ NLI rules, for a positive hierarchy p (tier 1 generic .. tier 4 = caption) and a
 A row is kept when every pair passes its threshold and the joint rule holds. Every rule is evaluated on every row
 that reaches NLI, so the stats give each rule's own accept rate (`checked:<rule>`, `pass:<rule>`), not only the
 first failure; the reject reason is the first failing rule in the order above, with the failing pair (for
-`nli_joint`, the row's weakest pair) and its probabilities in the JSON `detail`.
+`nli_joint`, the row's weakest pair), its side (`positive`: the positive hierarchy is wrong; `negative`: the negative
+is), its tier and its probabilities in the JSON `detail`.
 """
 
 from __future__ import annotations
@@ -42,17 +44,21 @@ log = logging.getLogger(__name__)
 # (rule, reject reason, NLI column that must reach the threshold), in the order a row's reason is chosen.
 RULES = (
     ("nli_positive_entails", "nli_positive_not_entailed", ENTAILMENT),
+    ("nli_caption_entails", "nli_caption_not_entailed", ENTAILMENT),
     ("nli_negative_contradicts", "nli_negative_not_contradicting", CONTRADICTION),
     ("nli_negative_entails_previous", "nli_negative_not_entailing_previous", ENTAILMENT),
 )
 JOINT = ("nli_joint", "nli_joint_too_weak")
 STRUCTURAL = "structural"
+POSITIVE_RULES = frozenset({"nli_positive_entails", "nli_caption_entails"})
+RULES_VERSION = "2: the caption entails every tier"  # in the fingerprint: a new rule set redoes finished shards
 
 
 def rule_pairs(positive: list[str], negative: list[str] | None) -> list[tuple[str, int, str, str]]:
     """(rule, tier, premise, hypothesis) of every pair a row needs. `tier` (1-based) names the tier under test:
     the hypothesis for positive pairs (tier i+1 entails tier i), the negative tier for negative pairs."""
     pairs = [("nli_positive_entails", i, positive[i], positive[i - 1]) for i in range(1, schema.TIERS)]
+    pairs += [("nli_caption_entails", i + 1, positive[-1], positive[i]) for i in range(schema.TIERS - 2)]
     if negative is not None:
         pairs += [("nli_negative_contradicts", i + 1, positive[i], negative[i]) for i in range(schema.TIERS)]
         pairs += [("nli_negative_entails_previous", i + 1, negative[i], positive[i - 1]) for i in range(1, schema.TIERS)]
@@ -105,7 +111,7 @@ class Judge:
         return chosen
 
     def fingerprint_parts(self) -> dict[str, Any]:
-        parts: dict[str, Any] = {"nli_model": self.nli_id}
+        parts: dict[str, Any] = {"nli_model": self.nli_id, "nli_rules": RULES_VERSION}
         if self.checks.copied_example:
             parts["example_prompts_sha256"] = {name: load_prompt(name).sha256 for name in self.example_prompts}
         if self.checks.non_words:
@@ -115,7 +121,7 @@ class Judge:
     def manifest_extra(self, stage: str) -> dict[str, Any]:
         extra: dict[str, Any] = {"nli_description": self.nli.description, "thresholds": self.thresholds}
         if self.nli_config.backend != "cross-encoder":
-            extra["note"] = f"{stage} NLI is a stand-in, not an MNLI model: {self.nli.description}"
+            extra["note"] = f"{stage} NLI is an offline stand-in for the paper's MNLI model: {self.nli.description}"
         return extra
 
     def structural(self, positive: list[str] | None, negative: list[str] | None, caption: str | None) -> tuple[str, str] | None:
@@ -180,7 +186,7 @@ class Judge:
             else:
                 _, weak_rule, tier, premise, hypothesis, column = min(required, key=lambda item: item[0])
                 weakest = _pair_detail(weak_rule, tier, premise, hypothesis, scores[(premise, hypothesis)], column)
-                failures[rule] = {"rule": rule, "mean_log_prob": round(score, 4), "threshold": joint_threshold,
+                failures[rule] = {"rule": rule, "side": weakest["side"], "mean_log_prob": round(score, 4), "threshold": joint_threshold,
                                   "geometric_mean": round(float(np.exp(score)), 4), "weakest_pair": weakest}
         order = [*((rule, reason) for rule, reason, _ in RULES), JOINT]
         first = next(((reason, failures[rule]) for rule, reason in order if rule in failures), None)
@@ -193,6 +199,7 @@ def _pair_detail(rule: str, tier: int, premise: str, hypothesis: str, probs, col
     """A pair as the rejects' `detail` shows it; built only for failing pairs, not for every pair judged."""
     return {
         "rule": rule,
+        "side": "positive" if rule in POSITIVE_RULES else "negative",
         "tier": tier,
         "premise": premise,
         "hypothesis": hypothesis,

@@ -14,12 +14,13 @@ from typing import Any, Callable
 
 from hierarcaps import shards
 from hierarcaps.config import Profile, load_profile
+from hierarcaps.engines.base import NLIModel
 from hierarcaps.executor import Executor, make_executor, run_stage as run_stage_on
 from hierarcaps.stage import Stage
 from hierarcaps.stages import BUILD_STAGES, STAGES, select_stages
 
 __all__ = ["STAGES", "BUILD_STAGES", "select_stages", "stage_class", "make_stage", "resolve_profile", "write_profile",
-           "run_stage", "build"]
+           "run_stage", "build", "filter_file", "finetune", "score_nli"]
 
 log = logging.getLogger(__name__)
 PROFILE_FILE = "profile.json"
@@ -92,6 +93,30 @@ def build(
     return manifests
 
 
+def filter_file(
+    input: str | Path,
+    out: str | Path,
+    profile: str | Profile = "offline",
+    overrides: dict[str, Any] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    nli: NLIModel | None = None,
+) -> dict:
+    """Re-filter an existing HierarCaps file; writes `out/filter/check_report.json` and returns the report
+    (plus `manifests`, the two stages' manifests, which the JSON file leaves out)."""
+    from hierarcaps.stages.filter import FilterStage
+    from hierarcaps.stages.refilter import REPORT, ExternalStage, check_report  # the stages: only when filtering
+
+    resolved = resolve_profile(profile, overrides)
+    out = Path(out)
+    write_profile(out, resolved)
+    with make_executor(resolved.runner) as executor:
+        manifests = {"external": run_stage_on(ExternalStage(resolved, out, input), executor, on_progress)}
+        manifests["filter"] = run_stage_on(FilterStage(resolved, out, upstream="external", nli=nli), executor, on_progress)
+    report = check_report(manifests["external"], manifests["filter"], input)
+    shards.atomic_write_json(out / "filter" / REPORT, report)
+    return {**report, "manifests": manifests}
+
+
 def finetune(
     data: str | Path,
     out: str | Path,
@@ -108,3 +133,10 @@ def finetune(
     if model is not None:
         cfg = cfg.model_copy(update={"model": model})
     return run_finetune(data, out, cfg, on_progress=on_progress, on_log=on_log)
+
+
+def score_nli(input: str | Path, out: str | Path, profile: str | Profile = "offline", overrides: dict[str, Any] | None = None) -> dict:
+    """Premise / hypothesis pairs of a file scored by the profile's NLI back-end (`filter.nli`) into parquet."""
+    from hierarcaps.score import score_file  # the NLI model: only when scoring
+
+    return score_file(input, out, resolve_profile(profile, overrides).filter.nli)

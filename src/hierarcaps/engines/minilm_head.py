@@ -23,11 +23,11 @@ from torch import nn
 
 from hierarcaps.config import NLIConfig
 from hierarcaps.engines.embed import load_encoder
-from hierarcaps.engines.nli import MINILM_HEAD_ARTIFACT
+from hierarcaps.engines.artifacts import MINILM_HEAD
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_DIR = MINILM_HEAD_ARTIFACT  # the shipped artifact: package data beside its training code, hierarcaps/nli/
+ARTIFACT_DIR = MINILM_HEAD  # the shipped artifact: package data beside its training code, hierarcaps/nli/
 WEIGHTS, CARD = "model.safetensors", "card.json"
 DESCRIPTION = (
     "minilm-head: a small distilled stand-in, NOT an MNLI model: an MLP on frozen all-MiniLM-L6-v2 sentence vectors, "

@@ -5,7 +5,9 @@
   differently, so the columns are mapped by the names in `config.id2label`, never by position.
 - `lexical`: a transparent heuristic for machines without any NLI model: content-word containment plus
   all-MiniLM-L6-v2 cosine similarity, turned into pseudo-probabilities. It is not MNLI and says so.
-- `minilm-head`: the learned offline stand-in (`engines.minilm_head`; trained by `hierarcaps.nli`), imported lazily.
+- `minilm-nli`: the offline default, all-MiniLM-L6-v2 fine-tuned as a cross-encoder on human NLI labels plus
+  caption-hierarchy pairs (`engines.minilm_nli`; trained by `hierarcaps.nli.cross_train`), imported lazily.
+- `minilm-head`: the earlier learned stand-in (`engines.minilm_head`; trained by `hierarcaps.nli.train`), imported lazily.
 
 `score_pairs` deduplicates pairs so one shard costs one NLI pass over its distinct pairs.
 """
@@ -23,21 +25,17 @@ from typing import Sequence
 import numpy as np
 
 from hierarcaps.config import NLIConfig
+from hierarcaps.engines.artifacts import MINILM_HEAD, MINILM_NLI
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL, NLI_LABELS, NLIModel
+from hierarcaps.engines.classify import label_columns, pair_logits, softmax
 from hierarcaps.engines.embed import load_sentence_model, resolve_device
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CROSS_ENCODER = "microsoft/deberta-large-mnli"
-# engines/minilm_head.py's ARTIFACT_DIR, named here without importing torch
-MINILM_HEAD_ARTIFACT = Path(__file__).resolve().parents[1] / "nli" / "artifacts" / "minilm-head"
 LEXICAL_ID = "lexical-minilm-heuristic"
 
 Pair = tuple[str, str]
-
-
-class NLILabelError(ValueError):
-    """A classification model whose labels are not entailment / neutral / contradiction."""
 
 
 TEMPERATURE_FILE = "temperature.json"  # optional, next to a local cross-encoder's weights: {"temperature": T}
@@ -52,12 +50,12 @@ def nli_model_id(cfg: NLIConfig) -> str:
         return f"{name}@T{calibration.read_text().strip()}" if calibration.is_file() else name
     if cfg.backend == "lexical":
         return LEXICAL_ID
-    # The learned head's card (engines/minilm_head.py) holds its weights' sha256 and its thresholds: hashing it
-    # makes a retrained head invalidate finished filter shards without loading torch to find out.
-    folder = Path(cfg.model) if cfg.model else MINILM_HEAD_ARTIFACT
+    # A shipped model's card holds its weights' sha256 and its thresholds: hashing it makes a retrained model
+    # invalidate finished filter shards without loading torch to find out.
+    folder = Path(cfg.model) if cfg.model else {"minilm-head": MINILM_HEAD, "minilm-nli": MINILM_NLI}[cfg.backend]
     card = folder / "card.json"
     digest = hashlib.sha256(card.read_bytes()).hexdigest()[:12] if card.is_file() else "no-card"
-    return f"minilm-head:{cfg.model or 'default'}@{digest}"
+    return f"{cfg.backend}:{cfg.model or 'default'}@{digest}"
 
 
 def load_nli(cfg: NLIConfig) -> NLIModel:
@@ -65,11 +63,15 @@ def load_nli(cfg: NLIConfig) -> NLIModel:
         return CrossEncoderNLI(cfg.model or DEFAULT_CROSS_ENCODER, batch_size=cfg.batch_size, device=cfg.device)
     if cfg.backend == "lexical":
         return LexicalNLI(batch_size=cfg.batch_size, device=cfg.device)
+    if cfg.backend == "minilm-nli":
+        from hierarcaps.engines.minilm_nli import load_minilm_nli  # imports torch: only on use
+
+        return load_minilm_nli(cfg)
     if cfg.backend == "minilm-head":
         from hierarcaps.engines.minilm_head import load_minilm_head  # imports torch: only on use
 
         return load_minilm_head(cfg)
-    raise ValueError(f"unknown NLI backend {cfg.backend!r}; use cross-encoder, minilm-head or lexical")
+    raise ValueError(f"unknown NLI backend {cfg.backend!r}; use minilm-nli, cross-encoder, minilm-head or lexical")
 
 
 def score_pairs(model: NLIModel, pairs: Sequence[Pair]) -> dict[Pair, np.ndarray]:
@@ -84,19 +86,6 @@ def score_pairs(model: NLIModel, pairs: Sequence[Pair]) -> dict[Pair, np.ndarray
 
 
 # ------------------------------------------------------------------ cross-encoder (MNLI)
-
-
-def label_columns(id2label: dict, model_name: str = "model") -> list[int]:
-    """`perm` such that `logits[:, perm]` is in NLI_LABELS order; fails if the labels are not the 3 NLI ones."""
-    names = {int(i): str(label).strip().lower() for i, label in id2label.items()}
-    by_name = {name: i for i, name in names.items()}
-    missing = [label for label in NLI_LABELS if label not in by_name]
-    if missing or len(names) != len(NLI_LABELS):
-        raise NLILabelError(
-            f"{model_name}: id2label {dict(sorted(names.items()))} is not an NLI head; expected exactly the labels "
-            f"{', '.join(NLI_LABELS)} (any case)"
-        )
-    return [by_name[label] for label in NLI_LABELS]
 
 
 class CrossEncoderNLI:
@@ -125,25 +114,8 @@ class CrossEncoderNLI:
         self.description = f"MNLI cross-encoder {model_name}" + (f" (temperature {self.temperature:g})" if self.temperature != 1.0 else "")
 
     def predict(self, pairs: Sequence[Pair]) -> np.ndarray:
-        import torch
-
-        out = np.zeros((len(pairs), len(NLI_LABELS)), dtype=np.float32)
-        # Sorting by length keeps padding (and so wasted compute) small inside each batch.
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-        with torch.inference_mode():
-            for lo in range(0, len(order), self.batch_size):
-                index = order[lo : lo + self.batch_size]
-                batch = self.tokenizer(
-                    [pairs[i][0] for i in index],
-                    [pairs[i][1] for i in index],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                logits = self.model(**batch).logits.float() / self.temperature
-                out[index] = torch.softmax(logits, dim=-1)[:, self.columns].cpu().numpy()
-        return out
+        logits = pair_logits(self.model, self.tokenizer, pairs, batch_size=self.batch_size, max_length=self.max_length, device=self.device)
+        return softmax(logits[:, self.columns], self.temperature).astype(np.float32)
 
 
 # ------------------------------------------------------------------ lexical heuristic

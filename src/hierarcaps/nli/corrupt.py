@@ -33,6 +33,9 @@ from hierarcaps.schema import TIERS
 
 STRUCTURAL = ("swap_2_3", "reversed_1_3", "negative_copies_positive", "repeated_tier", "foreign_tier")
 SEMANTIC = ("tier3_swap", "colour", "number", "noun", "negative_entailed", "negative_generic", "negative_same_image")
+# Negatives that cannot contradict their positive (issue 17's measure of a judge): another caption of the same image
+# as negative tier 4, another hierarchy's tier 3 of the same image as negative tier 3, positive tier 4 as negative tier 3.
+COMPATIBLE = ("negative_other_caption", "negative_other_tier3", "negative_specific")
 
 Tiers = tuple[list[str], list[str]]
 
@@ -138,6 +141,25 @@ def _negative_same_image(h, rng, by_image: dict[str, list[Hierarchy]], **_):
     return list(h.positive), n
 
 
+def _negative_from_same_image(t: int) -> Callable:
+    def corrupt(h: Hierarchy, rng: np.random.Generator, by_image: dict[str, list[Hierarchy]], **_) -> Tiers | None:
+        options = [o.positive[t] for o in by_image.get(h.image_url, []) if normalize(o.positive[t]) != normalize(h.positive[t])]
+        new = _pick(rng, options)
+        if new is None:
+            return None
+        n = list(h.negative)
+        n[t] = new
+        return list(h.positive), n
+
+    return corrupt
+
+
+def _negative_specific(h, rng, **_):
+    n = list(h.negative)
+    n[2] = h.positive[3]
+    return list(h.positive), n
+
+
 CORRUPTIONS: dict[str, Callable] = {
     "swap_2_3": _swap_2_3,
     "reversed_1_3": _reversed_1_3,
@@ -151,6 +173,9 @@ CORRUPTIONS: dict[str, Callable] = {
     "negative_entailed": _negative_entailed,
     "negative_generic": _negative_generic,
     "negative_same_image": _negative_same_image,
+    "negative_other_caption": _negative_from_same_image(3),
+    "negative_other_tier3": _negative_from_same_image(2),
+    "negative_specific": _negative_specific,
 }
 
 

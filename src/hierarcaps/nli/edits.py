@@ -111,3 +111,56 @@ def drop_word(text: str, rng: np.random.Generator) -> str | None:
 
 
 SWAPS = {"colour": swap_colour, "number": swap_number, "noun": swap_noun}
+
+
+# Contradiction swaps (nli/domain.py): every word of a group excludes every other in one picture, so unlike
+# NOUN_GROUPS (which mimics generator errors) no group holds synonyms ("couch" / "sofa") or a part and its whole
+# ("room" / "kitchen").
+EXCLUSIVE_GROUPS = {
+    "person": (("man", "woman", "boy", "girl"), ("men", "women", "boys", "girls")),
+    "animal": (
+        ("dog", "cat", "horse", "cow", "sheep", "bird", "elephant", "giraffe", "zebra", "bear"),
+        ("dogs", "cats", "horses", "cows", "birds", "elephants", "giraffes", "zebras", "bears"),
+    ),
+    "vehicle": (
+        ("car", "truck", "bus", "train", "motorcycle", "bicycle", "airplane", "boat"),
+        ("cars", "trucks", "buses", "trains", "motorcycles", "bicycles", "airplanes", "boats"),
+    ),
+    "food": (("pizza", "sandwich", "cake", "donut", "banana", "apple", "broccoli", "hot dog"),),
+    "place": (("kitchen", "bathroom", "bedroom", "beach", "street", "forest", "airport", "ocean", "desert", "restaurant", "office"),),
+    "sport": (("tennis", "baseball", "soccer", "basketball", "volleyball"),),
+    "action": (
+        ("sitting", "standing", "lying", "walking", "running", "jumping"),
+        ("sits", "stands", "lies", "walks", "runs", "jumps"),
+        ("sleeping", "eating", "swimming", "flying"),
+    ),
+}
+OPPOSITES = (
+    ("on", "under"), ("inside", "outside"), ("above", "below"), ("with", "without"), ("up", "down"),
+    ("empty", "full"), ("open", "closed"), ("indoors", "outdoors"), ("day", "night"), ("wet", "dry"),
+    ("large", "small"), ("big", "small"), ("old", "new"), ("behind", "in front of"), ("near", "far from"),
+)  # fmt: skip
+
+
+def _group_swap(groups: tuple[tuple[str, ...], ...]):
+    vocab = {word: group for group in groups for word in group}
+    return lambda text, rng: _replace_one(text, vocab, rng)
+
+
+def swap_relation(text: str, rng: np.random.Generator) -> str | None:
+    vocab: dict[str, tuple[str, ...]] = {}
+    for a, b in OPPOSITES:
+        vocab.setdefault(a, (a,))
+        vocab[a] += (b,)
+        if " " not in b:
+            vocab.setdefault(b, (b,))
+            vocab[b] += (a,)
+    return _replace_one(text, vocab, rng)
+
+
+CONTRADICTION_SWAPS = {
+    "colour": swap_colour,
+    "number": swap_number,
+    **{kind: _group_swap(groups) for kind, groups in EXCLUSIVE_GROUPS.items()},
+    "relation": swap_relation,
+}

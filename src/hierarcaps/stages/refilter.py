@@ -2,6 +2,7 @@
 
 An `external` stage cuts the file into HIERARCHIES shards, the filter stage reads them as its upstream, and a
 per-check report (`filter/check_report.json`: the accept rate of every structural and NLI check) is written.
+`pipeline.filter_file` runs the two; this module holds the pieces.
 """
 
 from __future__ import annotations
@@ -9,19 +10,15 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
 from hierarcaps import schema, shards
 from hierarcaps.config import Profile
-from hierarcaps.engines.base import NLIModel
-from hierarcaps.executor import make_executor, run_stage
 from hierarcaps.inputs import InputError, load_hierarchies
 from hierarcaps.judge import JOINT, RULES, STRUCTURAL
-from hierarcaps.pipeline import resolve_profile, write_profile
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
-from hierarcaps.stages.filter import FilterStage
 from hierarcaps.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -122,27 +119,6 @@ def check_report(external: dict, filtered: dict, source: str | Path) -> dict:
 
 def _rate(check: str, kind: str, checked: int, passed: int) -> dict:
     return {"check": check, "kind": kind, "checked": checked, "passed": passed, "accept_rate": passed / checked if checked else None}
-
-
-def filter_file(
-    input: str | Path,
-    out: str | Path,
-    profile: str | Profile = "offline",
-    overrides: dict[str, Any] | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
-    nli: NLIModel | None = None,
-) -> dict:
-    """Re-filter an existing HierarCaps file; writes `out/filter/check_report.json` and returns the report
-    (plus `manifests`, the two stages' manifests, which the JSON file leaves out)."""
-    resolved = resolve_profile(profile, overrides)
-    out = Path(out)
-    write_profile(out, resolved)
-    with make_executor(resolved.runner) as executor:
-        manifests = {"external": run_stage(ExternalStage(resolved, out, input), executor, on_progress)}
-        manifests["filter"] = run_stage(FilterStage(resolved, out, upstream="external", nli=nli), executor, on_progress)
-    report = check_report(manifests["external"], manifests["filter"], input)
-    shards.atomic_write_json(out / "filter" / REPORT, report)
-    return {**report, "manifests": manifests}
 
 
 def accepted_rows(run_dir: str | Path, stage: str = "filter") -> pa.Table:

@@ -1,0 +1,120 @@
+"""In-domain NLI pairs for the `minilm-nli` cross-encoder, derived from the development share's hierarchies.
+
+Human NLI data (`human.py`) teaches sentences; caption hierarchies also need short tiers and the rule that two true
+descriptions of one picture never contradict. From the hierarchies of one split (by image, `pairs.split_of`):
+
+- `tier_entail` (entailment): p[j] => p[i] for j > i, the caption => every tier included;
+- `tier_generic` (neutral): p[i] => p[j] for i < j, when p[j] has a content word p[i] lacks (a refinement);
+- `same_image` (neutral): caption => caption, tier 3 => tier 3, caption => tier 3 of two hierarchies of the same
+  image, when the hypothesis has a content word the premise lacks (else it may be entailed);
+- `added_detail` (neutral): a tier => the tier with a compatible detail appended ("... at sunset");
+- `neg_prev` (entailment): n[i] => p[i-1] of the original negatives;
+- `neg_tier1` (contradiction): p[1] vs n[1] (reviewers found ~93% of these valid; deeper original negatives mostly
+  are not contradictions, so they are never used as such);
+- `swap_<kind>` (contradiction): the part a tier adds changed into something incompatible of the same kind, with the
+  tier itself and the caption as premises: another colour, number, person / animal / vehicle / food, place, posture
+  or action, opposite relation or state (`edits.CONTRADICTION_SWAPS`), or another member of tier 1's category for
+  tier 2 (`siblings`: tier-2 texts that share a tier 1 and never describe the same image, so synonyms are left out).
+
+Deterministic: one numpy generator per hierarchy, seeded by (seed, source row).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from hierarcaps.checks import normalize
+from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
+from hierarcaps.engines.nli import content_words
+from hierarcaps.nli import edits
+from hierarcaps.nli.human import LabelledPair
+from hierarcaps.nli.pairs import Hierarchy
+from hierarcaps.schema import TIERS
+
+# Details that a caption rarely rules out; appended to a tier they make a compatible refinement (neutral).
+DETAILS = (
+    "at sunset", "on a sunny day", "during the day", "in the morning", "in the city", "near a building",
+    "with other people", "next to a tree", "in the afternoon", "on a cloudy day", "at his home", "in a town",
+)  # fmt: skip
+
+
+def siblings(hierarchies: list[Hierarchy], min_count: int = 3) -> dict[str, list[str]]:
+    """tier-2 text -> other tier-2 texts under the same tier 1 that never describe the same image (one or two words;
+    never a text that is itself a frequent tier 1, such as "animal")."""
+    categories = {t for t, c in Counter(normalize(h.positive[0]) for h in hierarchies).items() if c >= min_count}
+    by_parent: dict[str, Counter] = defaultdict(Counter)
+    per_image: dict[str, set[str]] = defaultdict(set)
+    for h in hierarchies:
+        t1, t2 = normalize(h.positive[0]), normalize(h.positive[1])
+        if len(t2.split()) <= 2:
+            by_parent[t1][t2] += 1
+            per_image[h.image_url].add(t2)
+    together: set[tuple[str, str]] = {(a, b) for texts in per_image.values() for a in texts for b in texts}
+    out: dict[str, set[str]] = defaultdict(set)
+    for counts in by_parent.values():
+        common = sorted(t for t, c in counts.items() if c >= min_count and t not in categories)
+        for a in common:
+            for b in common:
+                if a != b and (a, b) not in together and not (set(a.split()) & set(b.split())):
+                    out[a].add(b)
+    return {a: sorted(b) for a, b in out.items()}
+
+
+def _adds_content(premise: str, hypothesis: str) -> bool:
+    return bool(content_words(hypothesis) - content_words(premise))
+
+
+def hierarchy_pairs(h: Hierarchy, same_image: list[Hierarchy], sibs: dict[str, list[str]], rng: np.random.Generator) -> list[LabelledPair]:
+    p, n = h.positive, h.negative
+    out: list[LabelledPair] = []
+    for i in range(TIERS):
+        for j in range(i + 1, TIERS):
+            out.append(LabelledPair(p[j], p[i], ENTAILMENT, "tier_entail"))
+            if _adds_content(p[i], p[j]):
+                out.append(LabelledPair(p[i], p[j], NEUTRAL, "tier_generic"))
+    out += [LabelledPair(n[i], p[i - 1], ENTAILMENT, "neg_prev") for i in range(1, TIERS)]
+    if normalize(n[0]) != normalize(p[0]):
+        out.append(LabelledPair(p[0], n[0], CONTRADICTION, "neg_tier1"))
+    for other in same_image:
+        q = other.positive
+        for premise, hypothesis in ((p[3], q[3]), (p[2], q[2]), (p[3], q[2])):
+            if normalize(premise) != normalize(hypothesis) and _adds_content(premise, hypothesis):
+                out.append(LabelledPair(premise, hypothesis, NEUTRAL, "same_image"))
+    t = int(rng.integers(1, TIERS))
+    detail = DETAILS[int(rng.integers(len(DETAILS)))]
+    if not set(detail.split()) & set(p[3].lower().split()):
+        out.append(LabelledPair(p[t], f"{p[t].rstrip('. ')} {detail}", NEUTRAL, "added_detail"))
+    for kind, edit in edits.CONTRADICTION_SWAPS.items():
+        # the new words must be new to the caption too: "bus" -> "car" is no contradiction of "a bus and a car"
+        options = [(t, e) for t in range(1, TIERS) if (e := edit(p[t], rng)) is not None and _adds_content(p[t], e) and _adds_content(p[3], e)]
+        if options:
+            t, edited = options[int(rng.integers(len(options)))]
+            premises = [p[t]] if t == TIERS - 1 else [p[t], p[3]]
+            out += [LabelledPair(prem, edited, CONTRADICTION, f"swap_{kind}") for prem in premises]
+    alternatives = sibs.get(normalize(p[1]), [])
+    alternatives = [a for a in alternatives if _adds_content(p[3], a)]
+    if alternatives:
+        other = alternatives[int(rng.integers(len(alternatives)))]
+        out += [LabelledPair(p[1], other, CONTRADICTION, "swap_sibling"), LabelledPair(p[3], other, CONTRADICTION, "swap_sibling")]
+    return out
+
+
+def build_domain_pairs(hierarchies: list[Hierarchy], seed: int = 0, sibling_source: list[Hierarchy] | None = None) -> list[LabelledPair]:
+    """Pairs of one split's hierarchies (same-image partners from the same list); duplicates dropped, order fixed."""
+    by_image: dict[str, list[Hierarchy]] = defaultdict(list)
+    for h in hierarchies:
+        by_image[h.image_url].append(h)
+    sibs = siblings(sibling_source if sibling_source is not None else hierarchies)
+    out: list[LabelledPair] = []
+    seen: set[tuple[str, str]] = set()
+    for h in hierarchies:
+        rng = np.random.default_rng([seed, h.row])
+        others = [o for o in by_image[h.image_url] if o.row != h.row]
+        for pair in hierarchy_pairs(h, others[:2], sibs, rng):
+            key = (normalize(pair.premise), normalize(pair.hypothesis))
+            if key not in seen and key[0] != key[1]:
+                seen.add(key)
+                out.append(pair)
+    return out
