@@ -26,8 +26,8 @@ from hierarcaps import schema, shards
 from hierarcaps.checks import english_words, non_words, normalize, repeated_content_word
 from hierarcaps.inputs import write_hierarchies_csv
 from hierarcaps.nli.pairs import DEFAULT_DATA, load_hierarchies, split_hierarchies
-from hierarcaps.pipeline import build
-from hierarcaps.stages.refilter import accepted_rows, filter_file
+from hierarcaps.pipeline import build, filter_file
+from hierarcaps.stages.refilter import accepted_rows
 
 ALPHA = __import__("re").compile(r"[a-z]+")
 TARGETS = {"accepted": 75, "caption_words_t2": 0.6, "caption_words_t3": 0.6, "distinct_t3": 0.9, "neg_equals_pos": 0,

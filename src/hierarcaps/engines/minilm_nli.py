@@ -29,7 +29,7 @@ BASE = "minilm"  # engines.embed.OFFLINE_MODELS name of the frozen base
 FROZEN = ("bert.embeddings.word_embeddings.weight",)
 MAX_LENGTH = 128
 DESCRIPTION = (
-    "minilm-nli: all-MiniLM-L6-v2 fine-tuned as a 3-way NLI cross-encoder on ~80K human-labelled pairs (e-SNLI dev, "
+    "minilm-nli: all-MiniLM-L6-v2 fine-tuned as a 3-way NLI cross-encoder on ~62K human-labelled pairs (e-SNLI dev, "
     "counterfactual SNLI, Breaking NLI, MPE, MoNLI, MED, MultiNLI dev, TaxiNLI, JOCI) and pairs derived from caption "
     "hierarchies; far smaller than the paper's DeBERTa-large MNLI model."
 )

@@ -130,8 +130,8 @@ def _negative_generic(h, rng, **_):
     return list(h.positive), n
 
 
-def _negative_same_image(h, rng, by_image: dict[str, list[Hierarchy]], **_):
-    t = int(rng.integers(1, TIERS - 1))  # tiers 2-3: tier 4 of another row is a different caption of the same image
+def _same_image_tier(h: Hierarchy, rng: np.random.Generator, by_image: dict[str, list[Hierarchy]], t: int) -> Tiers | None:
+    """Negative tier t+1 replaced by the same tier of another hierarchy of the same image (compatible by construction)."""
     options = [o.positive[t] for o in by_image.get(h.image_url, []) if normalize(o.positive[t]) != normalize(h.positive[t])]
     new = _pick(rng, options)
     if new is None:
@@ -141,17 +141,13 @@ def _negative_same_image(h, rng, by_image: dict[str, list[Hierarchy]], **_):
     return list(h.positive), n
 
 
-def _negative_from_same_image(t: int) -> Callable:
-    def corrupt(h: Hierarchy, rng: np.random.Generator, by_image: dict[str, list[Hierarchy]], **_) -> Tiers | None:
-        options = [o.positive[t] for o in by_image.get(h.image_url, []) if normalize(o.positive[t]) != normalize(h.positive[t])]
-        new = _pick(rng, options)
-        if new is None:
-            return None
-        n = list(h.negative)
-        n[t] = new
-        return list(h.positive), n
+def _negative_same_image(h, rng, by_image: dict[str, list[Hierarchy]], **_):
+    t = int(rng.integers(1, TIERS - 1))  # tiers 2-3: tier 4 of another row is a different caption of the same image
+    return _same_image_tier(h, rng, by_image, t)
 
-    return corrupt
+
+def _negative_from_same_image(t: int) -> Callable:
+    return lambda h, rng, by_image, **_: _same_image_tier(h, rng, by_image, t)
 
 
 def _negative_specific(h, rng, **_):
