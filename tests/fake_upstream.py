@@ -15,6 +15,7 @@ import pyarrow as pa
 from hierarcaps import schema
 from hierarcaps.inputs import load_hierarchies
 from hierarcaps.stage import ShardOutput, ShardTask, Stage
+from hierarcaps.executor import run_stage
 
 # The offline profile's student is SmolLM2 + the shipped LoRA adapter; tests of the stage machinery train a scratch T5
 # of a few thousand parameters instead (the LoRA student has its own tests in test_student.py).
@@ -75,5 +76,5 @@ class FakeAugment(_FakeHierarchyStage):
 
 
 def write_upstream(profile, run_dir: Path, seed_rows: pa.Table, augment_rows: pa.Table) -> None:
-    FakeSeed(profile, run_dir, seed_rows).run()
-    FakeAugment(profile, run_dir, augment_rows).run()
+    run_stage(FakeSeed(profile, run_dir, seed_rows))
+    run_stage(FakeAugment(profile, run_dir, augment_rows))

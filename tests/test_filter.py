@@ -22,6 +22,7 @@ from hierarcaps.stages import refilter
 from hierarcaps.judge import rule_pairs
 from hierarcaps.stages.filter import FilterStage
 from hierarcaps.pipeline import filter_file
+from hierarcaps.executor import run_stage
 
 ENTAIL, NEUTRAL, CONTRA = (0.9, 0.06, 0.04), (0.2, 0.7, 0.1), (0.05, 0.15, 0.8)
 
@@ -248,13 +249,13 @@ def test_default_filter_reads_generate_one_task_per_shard(tmp_path, profile):
         pos, neg = hierarchy(tag)
         special.update(contradictions(pos, neg))
         rows.append({"id": tag, "caption": pos[-1], "positive": pos, "negative": neg, "source": "generate"})
-    FakeGenerate(profile, tmp_path, [rows[:2], rows[2:]]).run()
+    run_stage(FakeGenerate(profile, tmp_path, [rows[:2], rows[2:]]))
     stage = pipeline.make_stage("filter", profile, tmp_path)
     assert isinstance(stage, FilterStage) and stage.upstream == ("generate",)
     assert [t.index for t in stage.plan()] == [0, 1]
     assert stage.judge.nli_id.startswith("minilm-nli:default@") and not stage.judge.nli_loaded  # the model loads on first use
     nli = FakeNLI(special)
-    manifest = FilterStage(profile, tmp_path, nli=nli).run()
+    manifest = run_stage(FilterStage(profile, tmp_path, nli=nli))
     assert len(nli.calls) == 2 and manifest["stats"]["rows_out"] == 3
     assert manifest["models"] == {"nli": "fake-nli"} and "stand-in" in manifest["note"]
     again = FilterStage(profile, tmp_path, nli=FakeNLI(special))

@@ -182,6 +182,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import pyarrow as pa
     from hierarcaps import schema
     from hierarcaps.config import load_profile
+    from hierarcaps.executor import run_stage
     from hierarcaps.stage import ShardOutput, ShardTask, Stage
 
     run_dir, go, record = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -206,7 +207,7 @@ WORKER_SCRIPT = textwrap.dedent(
     print("ready", flush=True)
     while not go.exists():
         time.sleep(0.01)
-    manifest = stage.run()
+    manifest = run_stage(stage)
     record.write_text(json.dumps({"written": written, "shards": len(manifest["shards"])}))
     """
 )

@@ -19,6 +19,7 @@ from hierarcaps.stages import llm
 from hierarcaps.stages.augment import AugmentStage
 from hierarcaps.stages.ingest import IngestStage
 from hierarcaps.stages.seed import SeedStage
+from hierarcaps.executor import run_stage
 
 CAPTIONS = [
     "A brown dog runs on the beach at sunset.",  # good answer at once
@@ -105,7 +106,7 @@ def _run_input(tmp_path, profile, captions=CAPTIONS):
     source = tmp_path / "captions.parquet"
     pq.write_table(pa.table({"caption": captions}), source)
     run_dir = tmp_path / "run"
-    IngestStage(profile, run_dir, source).run()
+    run_stage(IngestStage(profile, run_dir, source))
     return run_dir
 
 
@@ -121,7 +122,7 @@ def _rows(stage_dir, kind="part") -> list[dict]:
 def test_seed_accounting_retries_and_reasons(tmp_path, scripted):
     profile = _profile()
     run_dir = _run_input(tmp_path, profile)
-    manifest = SeedStage(profile, run_dir).run()
+    manifest = run_stage(SeedStage(profile, run_dir))
     stats = manifest["stats"]
     assert stats["rows_in"] == 4 == stats["rows_out"] + stats["rows_rejected"]
     out = {r["caption"]: r for r in _rows(run_dir / "seed")}
@@ -149,7 +150,7 @@ def test_seed_rows_the_filter_nli_rejects_are_rejected_once_and_never_reach_dist
     profile = _profile()
     nli.unsupported = {"A brown"}  # positive tier 2 of CAPTIONS[0]'s answer
     run_dir = _run_input(tmp_path, profile)
-    manifest = SeedStage(profile, run_dir).run()
+    manifest = run_stage(SeedStage(profile, run_dir))
     stats = manifest["stats"]
     assert stats["rows_in"] == 4 == stats["rows_out"] + stats["rows_rejected"] and stats["rows_out"] == 1
     assert [r["caption"] for r in _rows(run_dir / "seed")] == [CAPTIONS[2]]
@@ -163,7 +164,7 @@ def test_seed_rows_the_filter_nli_rejects_are_rejected_once_and_never_reach_dist
     assert len(scripted.prompts_for(CAPTIONS[0])) == 1  # an NLI reject is not regenerated
     assert manifest["models"]["nli"] == "zebra-nli" and "stand-in" in manifest["note"]
 
-    AugmentStage(profile, run_dir).run()
+    run_stage(AugmentStage(profile, run_dir))
     trained = [r["caption"] for t in DistillStage(profile, run_dir).plan() for p in t.inputs for r in pq.read_table(p).to_pylist()]
     assert CAPTIONS[2] in trained and CAPTIONS[0] not in trained
 
@@ -172,9 +173,9 @@ def test_augment_examples_come_from_accepted_seeds_only(tmp_path, scripted, nli)
     profile = _profile()
     nli.unsupported = {"A brown"}
     run_dir = _run_input(tmp_path, profile)
-    SeedStage(profile, run_dir).run()
+    run_stage(SeedStage(profile, run_dir))
     scripted.calls.clear()
-    manifest = AugmentStage(profile, run_dir).run()
+    manifest = run_stage(AugmentStage(profile, run_dir))
     assert manifest["examples_available"] == 1
     for caption in CAPTIONS[4:6]:
         (prompt,) = scripted.prompts_for(caption)
@@ -190,7 +191,7 @@ def test_seed_answers_copying_the_prompt_examples_are_retried_then_rejected(tmp_
     monkeypatch.setattr(scripted, "answer", lambda prompt, sampled: copy if prompt.rstrip().endswith(CAPTIONS[5]) else answer(prompt, sampled))
     profile = _profile(**{"seed.limit": 6})
     run_dir = _run_input(tmp_path, profile)
-    manifest = SeedStage(profile, run_dir).run()
+    manifest = run_stage(SeedStage(profile, run_dir))
     (reject,) = [r for r in _rows(run_dir / "seed", "rejects") if r["caption"] == CAPTIONS[5]]
     assert reject["reason"] == "positive_copied_example" and "tier 2 'woman in red' has 'woman in red'" in reject["detail"]
     assert len(scripted.prompts_for(CAPTIONS[5])) == 3  # a failed check is retried, as a parse error is
@@ -200,7 +201,7 @@ def test_seed_answers_copying_the_prompt_examples_are_retried_then_rejected(tmp_
 def test_seed_is_redone_when_the_filter_model_or_checks_change(tmp_path, scripted):
     profile = _profile()
     run_dir = _run_input(tmp_path, profile)
-    SeedStage(profile, run_dir).run()
+    run_stage(SeedStage(profile, run_dir))
     assert SeedStage(_profile(**{"distill.max_steps": 7}), run_dir).is_complete()  # another stage's settings
     assert not SeedStage(_profile(**{"filter.nli.entail_threshold": 0.6}), run_dir).is_complete()
     assert not SeedStage(_profile(**{"filter.nli.backend": "lexical"}), run_dir).is_complete()
@@ -220,7 +221,7 @@ def test_seed_is_judged_by_the_small_profiles_cross_encoder(tmp_path, monkeypatc
                  "filter.nli.entail_threshold": threshold, "filter.nli.contradict_threshold": threshold}
     profile = load_profile("small", overrides)
     run_dir = _run_input(tmp_path, profile)
-    manifest = SeedStage(profile, run_dir).run()
+    manifest = run_stage(SeedStage(profile, run_dir))
     stats = manifest["stats"]
     assert stats["rows_in"] == 4 == stats["rows_out"] + stats["rows_rejected"] and stats["rows_out"] == kept
     assert stats["pass:structural"] == 2 and manifest["models"]["nli"] == str(model_dir) and "note" not in manifest
@@ -231,17 +232,17 @@ def test_seed_is_judged_by_the_small_profiles_cross_encoder(tmp_path, monkeypatc
 
 def test_seed_retries_use_deterministic_seeds(tmp_path, scripted):
     profile = _profile()
-    SeedStage(profile, _run_input(tmp_path / "a", profile)).run()
+    run_stage(SeedStage(profile, _run_input(tmp_path / "a", profile)))
     first = [(t, s) for _, t, s in scripted.calls]
     scripted.calls.clear()
-    SeedStage(profile, _run_input(tmp_path / "b", profile)).run()
+    run_stage(SeedStage(profile, _run_input(tmp_path / "b", profile)))
     assert [(t, s) for _, t, s in scripted.calls] == first
     assert len({s for _, s in first if s is not None}) == 2  # attempt 2 and 3 sample with different seeds
 
 
 def test_seed_zero_retries_rejects_at_once(tmp_path, scripted):
     profile = _profile(**{"seed.retries": 0})
-    manifest = SeedStage(profile, _run_input(tmp_path, profile)).run()
+    manifest = run_stage(SeedStage(profile, _run_input(tmp_path, profile)))
     assert manifest["stats"]["rows_out"] == 1 and manifest["stats"]["rows_rejected"] == 3
     assert len(scripted.calls) == 2  # 4 rows, batches of 3, no retries
 
@@ -251,14 +252,14 @@ def test_seed_rerun_is_noop_and_prompt_change_invalidates(tmp_path, scripted):
     shutil.copy(PROMPT_DIR / "seed_v1.txt", prompt)
     profile = _profile(**{"seed.prompt": str(prompt)})
     run_dir = _run_input(tmp_path, profile)
-    first = SeedStage(profile, run_dir).run()
+    first = run_stage(SeedStage(profile, run_dir))
     calls = len(scripted.calls)
-    assert SeedStage(profile, run_dir).run()["fingerprint"] == first["fingerprint"]
+    assert run_stage(SeedStage(profile, run_dir))["fingerprint"] == first["fingerprint"]
     assert len(scripted.calls) == calls  # nothing regenerated
     prompt.write_text(prompt.read_text().replace("Caption: $caption", "Now this one.\nCaption: $caption"))
     stage = SeedStage(profile, run_dir)
     assert not stage.is_complete()
-    second = stage.run()
+    second = run_stage(stage)
     assert second["fingerprint"] != first["fingerprint"] and second["prompt_sha256"] != first["prompt_sha256"]
     assert len(scripted.calls) > calls
     assert "Now this one." in scripted.calls[-1][0][0]
@@ -267,18 +268,18 @@ def test_seed_rerun_is_noop_and_prompt_change_invalidates(tmp_path, scripted):
 def test_seed_limit_zero_and_limit_beyond_input(tmp_path, scripted):
     profile = _profile(**{"seed.limit": 0})
     run_dir = _run_input(tmp_path, profile)
-    manifest = SeedStage(profile, run_dir).run()
+    manifest = run_stage(SeedStage(profile, run_dir))
     assert manifest["stats"].get("rows_in", 0) == 0 and scripted.calls == []
     profile = _profile(**{"seed.limit": 100})
-    assert SeedStage(profile, run_dir).run()["stats"]["rows_in"] == len(CAPTIONS)
+    assert run_stage(SeedStage(profile, run_dir))["stats"]["rows_in"] == len(CAPTIONS)
 
 
 def test_augment_uses_seed_examples_deterministically(tmp_path, scripted):
     profile = _profile()
     run_dir = _run_input(tmp_path, profile)
-    SeedStage(profile, run_dir).run()
+    run_stage(SeedStage(profile, run_dir))
     scripted.calls.clear()
-    manifest = AugmentStage(profile, run_dir).run()
+    manifest = run_stage(AugmentStage(profile, run_dir))
     assert manifest["stats"]["rows_in"] == 2 == manifest["stats"]["rows_out"]
     assert "seed prompt" not in manifest["note"] and manifest["prompt"] == "augment_v1" and manifest["examples_available"] == 2
     assert "stand-in" in manifest["note"]  # the offline profile's NLI is the MiniLM head
@@ -299,7 +300,7 @@ def test_augment_uses_seed_examples_deterministically(tmp_path, scripted):
 def test_augment_example_sampling_depends_on_seed_and_row(tmp_path, scripted):
     profile = _profile(**{"seed.limit": 6, "augment.k": 1})
     run_dir = _run_input(tmp_path, profile)
-    SeedStage(profile, run_dir).run()  # 4 accepted rows to choose from
+    run_stage(SeedStage(profile, run_dir))  # 4 accepted rows to choose from
     stage = AugmentStage(profile, run_dir)
     picks = {stage.pick_examples(f"row{i}")[0]["id"] for i in range(20)}
     assert len(picks) > 1
@@ -311,8 +312,8 @@ def test_augment_falls_back_to_seed_prompt_when_seed_accepted_nothing(tmp_path, 
     profile = _profile(**{"seed.limit": 2, "seed.retries": 0, "augment.limit": 3})
     captions = [CAPTIONS[1], CAPTIONS[3], CAPTIONS[0], CAPTIONS[4], CAPTIONS[5]]
     run_dir = _run_input(tmp_path, profile, captions)
-    assert SeedStage(profile, run_dir).run()["stats"]["rows_out"] == 0
-    manifest = AugmentStage(profile, run_dir).run()
+    assert run_stage(SeedStage(profile, run_dir))["stats"]["rows_out"] == 0
+    manifest = run_stage(AugmentStage(profile, run_dir))
     assert "seed prompt" in manifest["note"] and manifest["prompt"] == "seed_v1"
     assert manifest["stats"]["rows_out"] == 3
     assert scripted.prompts_for(CAPTIONS[4]) == [load_prompt("seed_v1").render(caption=CAPTIONS[4])]
@@ -324,7 +325,7 @@ def test_seed_with_real_smollm2(tmp_path, sample_captions):
     profile = load_profile("offline", overrides={"seed.limit": 4, "seed.retries": 0, "seed.generator.batch_size": 4})
     captions = pq.read_table(sample_captions).column("caption").to_pylist()[:4]
     run_dir = _run_input(tmp_path, profile, captions)
-    manifest = SeedStage(profile, run_dir).run()
+    manifest = run_stage(SeedStage(profile, run_dir))
     stats = manifest["stats"]
     assert stats["rows_in"] == 4 == stats["rows_out"] + stats["rows_rejected"]
     assert stats["llm_answers"] == 4

@@ -14,6 +14,7 @@ from hierarcaps import pipeline, shards
 from hierarcaps.config import load_profile
 from hierarcaps.stage import ShardOutput, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.stats import Stats
+from hierarcaps.executor import run_stage
 
 
 def _profile(**overrides):
@@ -75,12 +76,12 @@ def test_crash_mid_stage_resumes_without_redoing_or_losing(tmp_path, sample_capt
     stage = _Upper(_profile(), tmp_path)
     _Upper.crash_on, _Upper.processed = 3, []
     with pytest.raises(KeyboardInterrupt):
-        stage.run()
+        run_stage(stage)
     assert _Upper.processed == [0, 1, 2]
     assert not (tmp_path / "upper" / "part-00003.parquet").exists()
     assert not (tmp_path / "upper" / shards.MANIFEST).exists()
     _Upper.crash_on, _Upper.processed = None, []
-    manifest = _Upper(_profile(), tmp_path).run()
+    manifest = run_stage(_Upper(_profile(), tmp_path))
     assert _Upper.processed == list(range(3, 30))
     rows = sum(pq.ParquetFile(tmp_path / "upper" / s["name"]).metadata.num_rows for s in manifest["shards"] if s["kind"] == "part")
     assert rows == 300 == manifest["stats"]["rows_in"]
@@ -96,7 +97,7 @@ def test_stage_refuses_to_lose_rows(tmp_path, sample_captions):
 
     Lossy.crash_on, Lossy.processed = None, []
     with pytest.raises(StageError, match="loses rows"):
-        Lossy(_profile(), tmp_path).run()
+        run_stage(Lossy(_profile(), tmp_path))
     assert not (tmp_path / "upper" / "part-00000.parquet").exists()
 
 

@@ -16,6 +16,7 @@ from hierarcaps import inputs, pipeline, shards
 from hierarcaps.cli import app
 from hierarcaps.config import load_profile
 from hierarcaps.stage import StageError
+from hierarcaps.executor import run_stage
 
 
 def flip_middle(path, n: int = 8) -> None:
@@ -73,7 +74,7 @@ def test_a_downstream_stage_never_reads_a_damaged_upstream_shard(tmp_path, sampl
     flip_middle(tmp_path / "input" / "part-00000.parquet")
     _Upper.crash_on, _Upper.processed = None, []
     with pytest.raises(StageError, match=r"stage 'input' is damaged.*part-00000.parquet"):
-        _Upper(_profile(), tmp_path).run()
+        run_stage(_Upper(_profile(), tmp_path))
     assert _Upper.processed == []
 
 

@@ -1,15 +1,16 @@
 """The one shape every build stage has: plan shard tasks, process one shard, finalize a manifest.
 
     stage = SeedStage(profile, run_dir)
-    stage.run()                              # = executor.run_stage(stage, LocalExecutor())
-    stage.run(executor=RayExecutor(runner))  # the same loop, the shards on a Ray actor pool
+    executor.run_stage(stage)                      # the one loop, the shards in this process
+    executor.run_stage(stage, RayExecutor(runner)) # the same loop, the shards on a Ray actor pool
 
 `run_shard` is the body every executor runs for one shard, and is safe to call from several processes at once:
 a shard whose done marker has this fingerprint and whose files still have their recorded sha256 is skipped;
 otherwise it is claimed with an O_EXCL lock, processed, its rows checked, written to temp names and renamed, and
 marked done last. So a killed run resumes, a rerun of a finished stage is a no-op, a damaged shard is redone alone,
 and a changed config or prompt changes the fingerprint and redoes the stage. The loop around it (plan, hand the
-shards to an executor, wait for shards other workers hold, finalize) is `hierarcaps.executor.run_stage`.
+shards to an executor, wait for shards other workers hold, finalize) is `hierarcaps.executor.run_stage`; this module
+never imports it, so the arrow points one way (executor -> stage).
 """
 
 from __future__ import annotations
@@ -225,12 +226,6 @@ class Stage(ABC):
         }
         shards.write_manifest(self.dir, manifest)
         return manifest
-
-    def run(self, executor=None, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
-        """Run every shard (in this process unless `executor` says otherwise) and return the manifest."""
-        from hierarcaps.executor import run_stage
-
-        return run_stage(self, executor, on_progress)
 
 
 def _num_rows(path: Path) -> int:
