@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from fake_upstream import COCO_AUTO, SCRATCH_T5, coco_rows, write_upstream
 from hierarcaps import pipeline, schema, shards
 from hierarcaps.config import load_profile
+from hierarcaps.judge import Judge
 from hierarcaps.stage import ShardTask
 from hierarcaps.stages.generate import GenerateStage, parse_general_tiers
 
@@ -33,6 +35,9 @@ STUDENT = {
     "distill.checkpoint_every": 250,
     "distill.eval_fraction": 0.0,
     "input.rows_per_shard": 4,
+    # the student's own samples only (the edits and the judged choice have their own test below)
+    "generate.negative_edits": 0,
+    "generate.judge": False,
 }
 UNSEEN = ["A yellow school bus parked next to a red brick building.", "Two giraffes eat leaves from a tall tree."]
 
@@ -184,6 +189,89 @@ def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likel
     assert result.out.to_pylist()[0]["negative"] == ["a much longer candidate"] * 4
     assert not any("these are the zebras, they are there" in tier for tier in scored), "a restatement of the positive is never a candidate"
     assert result.stats["negative_ranked"] == 4
+
+
+class TierNLI:
+    """Entailment for every pair except those listed (the judge's test double)."""
+
+    model_id, description = "tier-nli", "test double"
+    thresholds = {"entail": 0.5, "contradict": 0.64, "joint": None}
+    ENTAIL, NEUTRAL, CONTRA = (0.9, 0.06, 0.04), (0.2, 0.7, 0.1), (0.05, 0.15, 0.8)
+
+    def __init__(self, special: dict):
+        self.special, self.pairs = special, []
+
+    def predict(self, pairs):
+        self.pairs += list(pairs)
+        return np.array([self.special.get(pair, self.ENTAIL) for pair in pairs], dtype=np.float32)
+
+
+def test_judged_negatives_keep_the_fluent_candidate_that_contradicts_and_entails_the_tier_before(run, tmp_path):
+    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
+                                   "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    overrides = {**STUDENT, "generate.negative_candidates": 2, "generate.negative_tries": 2, "generate.negative_edits": 50,
+                 "generate.judge": True}
+    stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+    samples = []
+
+    def student(sources, sample=False, seed=None, **kwargs):
+        if not sample:
+            return ["zebras => red zebras => a red zebras here"] * len(sources)
+        samples.append(len(sources))
+        return ["sampled"] * len(sources)
+
+    C, N = TierNLI.CONTRA, TierNLI.NEUTRAL
+    nli = TierNLI({("red zebras", "black zebras"): C, ("red zebras", "purple zebras"): C, ("purple zebras", "zebras"): N,
+                   ("red zebras", "orange zebras"): C, ("orange zebras", "zebras"): N, ("zebras", "sampled"): (0.1, 0.3, 0.6)})
+    stage.__dict__["judge"] = Judge(stage.profile, nli=nli)
+    stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]
+    result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
+    negative = result.out.to_pylist()[0]["negative"]
+    # tier 2: three candidates contradict "red zebras", but "purple" / "orange zebras" do not entail "zebras"
+    assert negative[1] == "black zebras"
+    assert ("black zebras", "zebras") in nli.pairs and ("red zebras", "black zebras") in nli.pairs
+    # tier 1: nothing reaches P(contradiction) 0.64; after the last try the candidate nearest to passing is kept
+    assert negative[0] == "sampled"
+    assert result.stats["negative_judged"] == 4 + 3 and result.stats["negative_judge_passed"] == 1
+    assert result.stats["negative_resamples"] == 3 and samples == [2] * 7  # the tiers no candidate passed are sampled again
+    assert result.stats["negative_from_edit"] == 1 and result.stats["negative_unjudged"] == 3
+    assert GenerateStage(load_profile("offline", overrides=overrides), run).fingerprint() != GenerateStage(
+        load_profile("offline", overrides={**overrides, "filter.nli.contradict_threshold": 0.7}), run).fingerprint()
+
+
+def test_judged_positives_keep_a_candidate_whose_tiers_are_entailed_and_add_content(run, tmp_path):
+    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
+                                   "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    overrides = {**STUDENT, "generate.positive_candidates": 3, "generate.judge": True, "generate.negative_tries": 1}
+
+    def student(sources, sample=False, seed=None, **kwargs):
+        if not sources[0].startswith("s2g: "):
+            return ["sampled"] * len(sources)
+        if not sample:
+            return ["animal => zebras => zebras in a field"]
+        # "zebra => zebras" says nothing new at tier 2, so it is never a candidate
+        return ["zebra => zebras => zebras in a field", "large mammal => zebras => zebras in a field"]
+
+    def positive(special):
+        stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+        stage.__dict__["judge"] = Judge(stage.profile, nli=TierNLI(special))
+        stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]
+        result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
+        return result.out.to_pylist()[0]["positive"][0], result.stats
+
+    # "zebras" does not entail "animal" for this judge: the sample whose tiers all hold is kept
+    first, stats = positive({("zebras", "animal"): TierNLI.NEUTRAL, ("Zebras standing in a field.", "animal"): TierNLI.NEUTRAL})
+    assert first == "large mammal" and stats["positive_judge_passed"] == 1
+    # both pass: the student's most likely (here: the longest) is kept
+    assert positive({})[0] == "large mammal"
+    # none passes: the greedy hierarchy stays, and the filter will name the failing pair
+    everything_fails = {("zebras", t): TierNLI.NEUTRAL for t in ("animal", "large mammal")}
+    first, stats = positive(everything_fails)
+    assert first == "animal" and stats["positive_judge_passed"] == 0
 
 
 def test_a_positive_that_says_a_tier_twice_is_sampled_again_then_rejected(run, tmp_path):

@@ -14,7 +14,8 @@ import pytest
 
 from hierarcaps.config import NLIConfig
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
-from hierarcaps.nli import corrupt, edits, pairs as P
+from hierarcaps import edits
+from hierarcaps.nli import corrupt, pairs as P
 from hierarcaps.nli.encode import EmbeddingCache
 from hierarcaps.engines.artifacts import MINILM_NLI
 from hierarcaps.engines.minilm_head import ARTIFACT_DIR, Head, MiniLMHeadNLI, load_artifact

@@ -130,6 +130,15 @@ class GenerateConfig(Section):
     negative_tries: int = Field(2, ge=1, description="tries per tier; a try whose samples all copy the positive is redone")
     # samples per try; of the usable ones the student's most likely is kept (never ranked by the filter's models)
     negative_candidates: int = Field(1, ge=1)
+    # up to this many minimal edits of the positive tier (hierarcaps.negatives) join the student's samples (issue #18)
+    negative_edits: int = Field(0, ge=0)
+    # positives: the greedy hierarchy and this many - 1 samples are candidates (used with `judge`)
+    positive_candidates: int = Field(1, ge=1)
+    # choose by the filter's judge (its checks, NLI model and thresholds): the positive whose every tier the caption
+    # and the tier below entail and which adds content at every step; the negative tier that contradicts positive
+    # tier i and entails tier i-1 (the student's most likely when several pass). A negative tier where none passes is
+    # sampled again, then the candidate nearest to passing is kept, and the filter rejects the row naming the pair.
+    judge: bool = False
     seed: int = 0
     device: str = "auto"
 

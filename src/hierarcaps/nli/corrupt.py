@@ -27,7 +27,7 @@ import numpy as np
 from hierarcaps.checks import check_hierarchy, normalize
 from hierarcaps.config import ChecksConfig
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, mean_log_prob
-from hierarcaps.nli import edits
+from hierarcaps import edits
 from hierarcaps.nli.pairs import Hierarchy
 from hierarcaps.schema import TIERS
 

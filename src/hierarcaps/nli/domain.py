@@ -28,7 +28,7 @@ import numpy as np
 from hierarcaps.checks import normalize
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
 from hierarcaps.engines.nli import content_words
-from hierarcaps.nli import edits
+from hierarcaps import edits
 from hierarcaps.nli.human import LabelledPair
 from hierarcaps.nli.pairs import Hierarchy
 from hierarcaps.schema import TIERS

@@ -40,7 +40,7 @@ import numpy as np
 
 from hierarcaps.checks import normalize
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
-from hierarcaps.nli import edits
+from hierarcaps import edits
 from hierarcaps.schema import SEPARATOR, TIERS
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,18 @@
   equal to positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own
   seed, so a row's negative does not depend on the batch it shared. If every try is empty the row is rejected
   (`negative_empty`); if every try equals the positive, the last one is kept and the filter stage rejects it.
-  With `negative_candidates` > 1 each try draws that many samples per row and keeps the usable one with the highest
-  mean log-probability under the student itself: a signal the filter never decides by (selecting with the filter's
-  own NLI model games it: issue 11 measured 73/100 accepted rows of garbage that way).
-Nothing here checks meaning: the filter stage tests with NLI that negative i contradicts positive i and entails
-positive i-1, as the HierarCaps paper builds its negatives.
+  With `negative_candidates` > 1 each try draws that many samples per row.
+- contradictions by construction (issue #18, `negative_edits` > 0): minimal edits of positive tier i that change only
+  what it adds over tier i-1 (`hierarcaps.negatives`: another colour, category member, number, place, action...) join
+  the student's usable samples as candidates.
+- choice: with `negative_judge`, the filter's judge scores every candidate (contradicts positive tier i, entails
+  positive tier i-1, at the filter's thresholds); of those that pass, the one the student finds most likely (mean
+  log-probability: fluency) is kept; a tier where none passes is sampled again, and after the last try the candidate
+  nearest to passing is kept (the filter then rejects the row, naming the pair). This selects by the filter's NLI, so
+  acceptance alone no longer measures quality: issue 11 measured garbage accepted that way with a stand-in judge
+  that could not tell contradiction from compatible; the judge now is `minilm-nli` (human labels), and the blind
+  review (`hierarcaps review`) is the quality measure. Without the judge, the student's most likely usable sample is kept.
+Nothing else here checks meaning: the filter stage tests every pair with NLI, as the HierarCaps paper builds its negatives.
 """
 
 from __future__ import annotations
@@ -23,10 +30,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from hierarcaps import schema, shards
 from hierarcaps.checks import normalize, restates
+from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT
+from hierarcaps.engines.nli import content_words, score_pairs
+from hierarcaps.judge import Judge, rule_pairs
+from hierarcaps.negatives import edit_candidates
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
@@ -43,6 +55,11 @@ def parse_general_tiers(text: str, caption: str | None = None) -> list[str] | No
         return None
     distinct = {normalize(t) for t in tiers} | ({normalize(caption)} if caption is not None else set())
     return tiers if len(distinct) == len(tiers) + (caption is not None) else None
+
+
+def adds_content_each_tier(positive: list[str]) -> bool:
+    """Every tier has a content word the tier before lacks ("dog => a dog" says nothing new)."""
+    return all(content_words(b) - content_words(a) for a, b in zip(positive, positive[1:]))
 
 
 def first_tier(text: str) -> str:
@@ -84,12 +101,21 @@ class GenerateStage(Stage):
         base = self.distill_manifest.get("models", {}).get("student", "student")
         return f"{base} distilled ({self.distill_manifest['model_dir']}, sha256 {self.distill_manifest['model_sha256'][:12]})"
 
+    @cached_property
+    def judge(self) -> Judge:
+        return Judge(self.profile)
+
     def fingerprint_parts(self) -> dict[str, Any]:
         # the model file itself, not just distill's config: a retrained student must invalidate these shards
-        return {"student_sha256": self.distill_manifest["model_sha256"]}
+        parts: dict[str, Any] = {"student_sha256": self.distill_manifest["model_sha256"]}
+        if self.cfg.judge:
+            nli, checks = self.profile.filter.nli, self.profile.filter.checks
+            parts["judge"] = {"nli_model": self.judge.nli_id, "checks": checks.digest(),
+                              **nli.model_dump(include={"entail_threshold", "contradict_threshold", "use_card_thresholds"})}
+        return parts
 
     def models(self) -> dict[str, str]:
-        return {"student": self.model_label()}
+        return {"student": self.model_label(), **({"judge": self.judge.nli_id} if self.cfg.judge else {})}
 
     def plan(self) -> list[ShardTask]:
         return plan_row_range(self.name, self.run_dir / "input", 0, None)
@@ -158,7 +184,47 @@ class GenerateStage(Stage):
                                    top_p=self.cfg.negative_top_p, seed=[row_seed(self.cfg.seed, rows[i]["id"], 0, attempt) for i in bad])
             for i, text in zip(bad, again):
                 parsed[i] = (text, parse_general_tiers(text, rows[i]["caption"]))
+        if self.cfg.judge and self.cfg.positive_candidates > 1:
+            self._judge_positives(rows, sources, parsed, stats)
         return parsed
+
+    def _judge_positives(self, rows: list[dict], sources: list[str], parsed: list, stats: Stats) -> None:
+        """Replace each row's positive with the first candidate (the greedy one, then samples by the student's
+        likelihood) that passes the judge's checks and positive-side NLI rules and adds content at every tier."""
+        k = self.cfg.positive_candidates - 1
+        sampled = self._generate([s for s in sources for _ in range(k)], sample=True, temperature=self.cfg.positive_temperature,
+                                 top_p=self.cfg.negative_top_p,
+                                 seed=[row_seed(self.cfg.seed, r["id"], 0, 100 + j) for r in rows for j in range(k)])
+        options = []
+        for n, row in enumerate(rows):
+            extra = [(t, tiers) for t in sampled[n * k : (n + 1) * k] if (tiers := parse_general_tiers(t, row["caption"]))]
+            seen, mine = set(), []
+            for text, tiers in [parsed[n], *extra]:
+                key = tuple(map(normalize, tiers)) if tiers else None
+                if tiers and key not in seen and adds_content_each_tier(tiers + [row["caption"]]) and not self.judge.structural(
+                        tiers + [row["caption"]], None, row["caption"]):
+                    seen.add(key)
+                    mine.append((text, tiers))
+            options.append(mine)
+        positives = [tiers + [row["caption"]] for row, mine in zip(rows, options) for _, tiers in mine]
+        passed = iter(self._judge_positive_side(positives))
+        ranked = []
+        for n, mine in enumerate(options):
+            good = [option for option in mine if next(passed)]
+            stats.add("positive_judge_passed", int(bool(good)))
+            if good:
+                ranked.append((n, good))
+        pairs = [(sources[n], text) for n, good in ranked if len(good) > 1 for text, _ in good]
+        scores = iter(self._score([s for s, _ in pairs], [t for _, t in pairs]) if pairs else [])
+        for n, good in ranked:
+            parsed[n] = good[0] if len(good) == 1 else max(zip([next(scores) for _ in good], good), key=lambda x: x[0])[1]
+
+    def _judge_positive_side(self, positives: list[list[str]]) -> list[bool]:
+        """Whether each positive hierarchy passes every positive-side NLI rule of the filter."""
+        needed = [[(p, h) for rule, _, p, h in rule_pairs(positive, None)] for positive in positives]
+        probs = score_pairs(self.judge.nli, [pair for pairs in needed for pair in pairs])
+        threshold = self.judge.thresholds["entail"]
+        return [all(probs[pair][ENTAILMENT] >= threshold for pair in pairs) for pairs in needed]
 
     def _score(self, sources: list[str], targets: list[str]) -> list[float]:
         from hierarcaps.engines.seq2seq import student_score
@@ -169,12 +235,12 @@ class GenerateStage(Stage):
 
     def _sample_negative_tier(self, rows: list[dict], tier: int, stats: Stats) -> None:
         """Fill negative[tier-1] of every row: one batched sampling call per try, only for rows still unresolved.
-        Each try draws `negative_candidates` samples per row; of those that are usable (not empty, not made only of
-        the positive tier's own words: `checks.restates`) the one the student itself finds most likely is kept."""
+        Each try draws `negative_candidates` samples per row; those that are usable (not empty, not made only of the
+        positive tier's own words: `checks.restates`), with the tier's minimal edits on the first try, are candidates."""
         pending, k = list(rows), self.cfg.negative_candidates
         for attempt in range(self.cfg.negative_tries):
             if not pending:
-                return
+                break
             if attempt:
                 stats.add("negative_resamples", len(pending))
             sources = [negative_source(r["positive"], tier) for r in pending]
@@ -190,27 +256,71 @@ class GenerateStage(Stage):
                 drawn = texts[n * k : (n + 1) * k]
                 firsts = [c for c in (first_tier(t) for t in drawn) if c]
                 usable = [c for c in dict.fromkeys(firsts) if not restates(c, row["positive"][tier - 1])]
+                if attempt == 0 and self.cfg.negative_edits:
+                    edits = self._edits(row, tier)
+                    stats.add("negative_edit_candidates", len(edits))
+                    row.setdefault("_edits", {})[tier] = set(edits)
+                    usable += [e for e in edits if e not in usable]
                 row["raw_negative"][tier - 1] = drawn[-1]
                 if usable:
                     choices.append((row, sources[n], usable))
                     continue
-                if firsts:  # every sample restates the positive: keep one in case no later try does better
+                if firsts and not row["negative"][tier - 1]:  # every sample restates the positive: keep one in case no later try does better
                     row["negative"][tier - 1] = firsts[-1]
                 still.append(row)
-            self._choose(choices, tier, stats)
-            pending = still
-        stats.add("negative_restates_positive", sum(1 for r in pending if r["negative"][tier - 1]))
+            pending = still + self._choose(choices, tier, stats)
+        stats.add("negative_restates_positive", sum(1 for r in pending if r["negative"][tier - 1] and restates(r["negative"][tier - 1], r["positive"][tier - 1])))
+        stats.add("negative_unjudged", sum(1 for r in pending if r["negative"][tier - 1]) if self.cfg.judge else 0)
 
-    def _choose(self, choices: list[tuple[dict, str, list[str]]], tier: int, stats: Stats) -> None:
-        """Set each row's negative tier to its most likely usable candidate (by the student, not by the filter)."""
-        ranked = [(source, c) for _, source, usable in choices if len(usable) > 1 for c in usable]
+    def _edits(self, row: dict, tier: int) -> list[str]:
+        rng = np.random.default_rng(row_seed(self.cfg.seed, row["id"], tier, -1))
+        return edit_candidates(row["positive"], tier, rng, limit=self.cfg.negative_edits)
+
+    def _choose(self, choices: list[tuple[dict, str, list[str]]], tier: int, stats: Stats) -> list[dict]:
+        """Set each row's negative tier from its candidates; return the rows the judge found no candidate for (they
+        keep the candidate nearest to passing and are sampled again while tries remain)."""
+        passing = {id(row): usable for row, _, usable in choices}
+        unresolved: list[dict] = []
+        if self.cfg.judge and choices:
+            margins = self._judge_margins([(row, c) for row, _, usable in choices for c in usable], tier)
+            for row, _, usable in choices:
+                scored = [(margins[(id(row), c)], c) for c in usable]
+                passing[id(row)] = [c for m, c in scored if m >= 0]
+                if not passing[id(row)]:
+                    margin, best = max(scored)
+                    if row.setdefault("_margin", {}).get(tier, -np.inf) < margin:
+                        row["_margin"][tier], row["negative"][tier - 1] = margin, best
+                    unresolved.append(row)
+            stats.add("negative_judged", len(choices))
+            stats.add("negative_judge_passed", len(choices) - len(unresolved))
+        ranked = [(source, c) for row, source, _ in choices for c in passing[id(row)] if len(passing[id(row)]) > 1]
         scores = iter(self._score([s for s, _ in ranked], [c for _, c in ranked]) if ranked else [])
-        for row, _, usable in choices:
+        for row, _, _ in choices:
+            usable = passing[id(row)]
             if len(usable) > 1:
                 stats.add("negative_ranked")
                 row["negative"][tier - 1] = max(zip([next(scores) for _ in usable], usable))[1]
-            else:
+            elif usable:
                 row["negative"][tier - 1] = usable[0]
+            if usable and tier in row.get("_edits", {}):
+                stats.add("negative_from_edit", int(row["negative"][tier - 1] in row["_edits"][tier]))
+        return unresolved
+
+    def _judge_margins(self, candidates: list[tuple[dict, str]], tier: int) -> dict[tuple[int, str], float]:
+        """(row, candidate) -> how far its weakest required pair is above its threshold (>= 0: the judge accepts):
+        positive tier i => candidate contradiction, candidate => positive tier i-1 entailment (tiers 2-4)."""
+        thresholds = self.judge.thresholds
+        pairs = [(row["positive"][tier - 1], c) for row, c in candidates]
+        if tier > 1:
+            pairs += [(c, row["positive"][tier - 2]) for row, c in candidates]
+        probs = score_pairs(self.judge.nli, pairs)
+        out = {}
+        for row, c in candidates:
+            margin = probs[(row["positive"][tier - 1], c)][CONTRADICTION] - thresholds["contradict"]
+            if tier > 1:
+                margin = min(margin, probs[(c, row["positive"][tier - 2])][ENTAILMENT] - thresholds["entail"])
+            out[(id(row), c)] = float(margin)
+        return out
 
     def _reject(self, row: dict, reason: str, detail: str, raw: str | None, positive: list[str] | None = None) -> dict:
         return {"id": row["id"], "stage": self.name, "reason": reason, "detail": detail, "caption": row["caption"], "positive": positive,

@@ -1,0 +1,172 @@
+"""Negative tiers that contradict by construction: minimal edits of the part a positive tier adds (issue #18).
+
+Tier i adds something over tier i-1: a colour, a category member, a number, a place, an action, a relation. Changing
+that added part into something of the same kind that cannot hold at the same time gives a text that contradicts tier i
+and still entails tier i-1, because every word tier i-1 has is kept:
+
+    "dog" => "brown dog"            -> "black dog"
+    "brown dog" => "brown dog on a beach"   -> "brown dog in a park"
+    "... on a beach" => "A brown dog runs on the beach at sunset."   -> "A brown dog sits on the beach at sunset."
+
+`edit_candidates` lists such single edits of one tier; the generate stage puts them beside the student's samples and
+keeps the one the judge finds contradicting tier i and entailing tier i-1, the most fluent by the student. The word
+groups are exclusive within a picture (no synonyms, no part and whole): `edits.EXCLUSIVE_GROUPS`, colours, numbers and
+opposites, plus the kinds people swapped in Breaking NLI (rooms, drinks, vegetables, materials, instruments, antonyms;
+`../shared/data/nli/breaking_nli.tsv.gz`, where 87% of such swaps are labelled contradictions) and COCO-style places,
+sports and actions. A word of tier i-1 is never changed, and a new word already in the caption is never used: "bus" ->
+"car" does not contradict "a bus next to a car".
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from hierarcaps import edits
+
+# Exclusive groups, each a tuple of surface forms; a form is swapped for another of its own group.
+_BREAKING_NLI = (
+    ("beer", "wine", "coffee", "tea", "juice", "lemonade", "milk", "water", "soda"),
+    ("onions", "carrots", "potatoes", "tomatoes", "cucumbers", "peppers"),
+    ("wooden", "metal", "plastic", "glass", "stone", "brick"),
+    ("guitar", "piano", "violin", "trumpet", "flute", "drum", "saxophone"),
+)
+_COCO = (
+    ("tennis", "baseball", "soccer", "basketball", "volleyball", "frisbee", "golf"),
+    ("skiing", "surfing", "snowboarding", "skateboarding", "swimming", "biking"),
+    ("skis", "surfboard", "snowboard", "skateboard"),
+    ("sunny", "rainy", "snowy", "foggy", "cloudy"),
+    ("day", "night"),
+    ("sunset", "noon", "midnight"),
+    ("summer", "winter"),
+    ("adult", "child"),
+    ("cat", "dog", "bird", "horse", "cow", "sheep", "elephant", "giraffe", "zebra", "bear"),
+    ("animal", "food", "vehicle", "furniture", "building", "plant", "person", "device", "sport"),
+    ("pizza", "sandwich", "cake", "donut", "hot dog", "salad", "soup", "pasta", "burger", "bread", "steak"),
+    ("banana", "apple", "orange", "broccoli", "carrot", "strawberry"),
+    ("bananas", "apples", "oranges", "carrots", "strawberries", "grapes"),
+    ("plate", "bowl", "cup", "box", "bag", "basket", "tray"),
+    ("laptop", "book", "phone", "television", "umbrella", "kite", "clock", "vase", "teddy bear"),
+    ("toilet", "sink", "bathtub", "shower", "mirror"),
+    ("bed", "couch", "table", "chair", "bench", "desk"),
+    ("clock tower", "church", "bridge", "lighthouse", "skyscraper"),
+    ("train", "bus", "truck", "car", "motorcycle", "bicycle", "boat", "airplane"),
+    ("trains", "buses", "trucks", "cars", "motorcycles", "bicycles", "boats", "airplanes"),
+)
+# What people and animals do: swapped only in a text about one ("a pizza sitting on a plate" cannot walk).
+ACTIONS = (
+    *edits.EXCLUSIVE_GROUPS["action"],
+    ("riding", "pushing", "washing", "repairing", "selling"),
+    ("eating", "cooking", "cutting", "throwing"),
+    ("holding", "throwing", "dropping", "kicking"),
+    ("smiling", "crying", "yelling"),
+)
+ANIMATE = frozenset(w for kind in ("person", "animal") for group in edits.EXCLUSIVE_GROUPS[kind] for w in group) | {
+    "person", "people", "player", "players", "skier", "surfer", "skateboarder", "child", "kid", "kids", "lady", "guy",
+    "baby", "puppy", "kitten", "snowboarder", "crowd", "team", "couple", "family",
+}  # fmt: skip
+GROUPS: tuple[tuple[str, ...], ...] = (
+    edits.COLOURS,
+    edits.NUMBERS,
+    *(group for kind, pair in edits.EXCLUSIVE_GROUPS.items() if kind != "action" for group in pair),
+    *_BREAKING_NLI,
+    *_COCO,
+    *ACTIONS,
+)
+_ACTION_WORDS = frozenset(w for group in ACTIONS for w in group)
+OPPOSITES = (
+    *edits.OPPOSITES,
+    ("young", "old"), ("happy", "sad"), ("clean", "dirty"), ("sitting", "standing"), ("asleep", "awake"),
+    ("parked", "moving"), ("alone", "together"), ("full", "empty"), ("tall", "short"), ("long", "short"),
+    ("cooked", "raw"), ("calm", "rough"), ("lit", "dark"),
+)  # fmt: skip
+# Places with the preposition they take: the whole phrase is swapped, so the edit reads as English.
+PLACES = {
+    "beach": "on a beach", "park": "in a park", "street": "on a street", "road": "on a road", "field": "in a field",
+    "forest": "in a forest", "kitchen": "in a kitchen", "bathroom": "in a bathroom", "bedroom": "in a bedroom",
+    "living room": "in a living room", "office": "in an office", "restaurant": "in a restaurant", "snow": "in the snow",
+    "water": "in the water", "ocean": "in the ocean", "lake": "on a lake", "river": "in a river", "desert": "in a desert",
+    "airport": "at an airport", "farm": "on a farm", "zoo": "in a zoo", "city": "in a city", "sky": "in the sky",
+    "grass": "on the grass", "sand": "on the sand", "track": "on a track", "court": "on a court", "station": "at a station",
+    "parking lot": "in a parking lot", "garage": "in a garage", "classroom": "in a classroom", "market": "at a market",
+    "mountain": "on a mountain", "highway": "on a highway",
+}  # fmt: skip
+_PREPOSITIONS = ("in", "on", "at", "near", "by", "inside", "along", "across", "through", "into", "onto")
+_ARTICLES = ("a", "an", "the", "some")
+_PLACE_RE = re.compile(
+    r"\b(?:(?:%s)\s+)(?:(?:%s)\s+)?(%s)\b" % ("|".join(_PREPOSITIONS), "|".join(_ARTICLES), "|".join(sorted(map(re.escape, PLACES), key=len, reverse=True))),
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[a-z]+")
+
+
+def _vocabulary() -> dict[str, tuple[str, ...]]:
+    """surface form -> the forms it can be changed into (its group's others, and its opposites)."""
+    vocab: dict[str, list[str]] = {}
+    for group in GROUPS:
+        for word in group:
+            vocab.setdefault(word, []).extend(w for w in group if w != word)
+    for a, b in OPPOSITES:
+        vocab.setdefault(a, []).append(b)
+        vocab.setdefault(b, []).append(a)
+    return {word: tuple(dict.fromkeys(others)) for word, others in vocab.items()}
+
+
+VOCAB = _vocabulary()
+_VOCAB_RE = re.compile(r"\b(%s)\b" % "|".join(sorted(map(re.escape, VOCAB), key=len, reverse=True)), re.IGNORECASE)
+
+
+def words(text: str) -> set[str]:
+    """Lower-case words, plural -s dropped, so "dogs" -> "dog" counts as keeping a word and "two horses" as taken."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in _WORD.findall(text.lower())}
+
+
+def _fix_article(text: str, start: int) -> tuple[str, int]:
+    """"a" <-> "an" before the word at `start`, by its first letter; returns the text and the shifted start."""
+    m = re.search(r"\b(a|an|A|An)\s+$", text[:start])
+    if not m:
+        return text, start
+    article = m.group(1)
+    wanted = ("an" if text[start:start + 1].lower() in "aeiou" else "a")
+    wanted = wanted.capitalize() if article[0].isupper() else wanted
+    return text[: m.start(1)] + wanted + text[m.end(1):], start + len(wanted) - len(article)
+
+
+def _edits_at(text: str, start: int, end: int, alternatives, old: str) -> list[str]:
+    out = []
+    for new in alternatives:
+        new = new[:1].upper() + new[1:] if old[:1].isupper() else new
+        edited, at = _fix_article(text[:start] + new + text[end:], start)
+        out.append(edited)
+    return out
+
+
+def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, limit: int = 12) -> list[str]:
+    """Single edits of positive tier `tier` (1-based) that change only words tier-1 lacks, into words the caption
+    lacks; at most `limit`, drawn over the edited spans in turn so one long group does not crowd out the others."""
+    text, caption = positive[tier - 1], positive[-1]
+    keep = words(positive[tier - 2]) if tier > 1 else set()
+    taken = words(caption) | words(text)
+    by_span: list[list[str]] = []
+    spans: list[tuple[int, int]] = []
+    for m in _PLACE_RE.finditer(text):
+        noun = m.group(1).lower()
+        if words(noun) & keep:
+            continue
+        others = [PLACES[p] for p in PLACES if p != noun and not words(p) & taken]
+        spans.append((m.start(), m.end()))
+        by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(0)))
+    for m in _VOCAB_RE.finditer(text):
+        old = m.group(1).lower()
+        if words(old) & keep or any(s < m.end() and m.start() < e for s, e in spans):
+            continue
+        if old in _ACTION_WORDS and not words(text) & ANIMATE:
+            continue
+        others = [w for w in VOCAB[old] if not words(w) & taken]
+        if others:
+            by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(1)))
+    out: list[str] = []
+    for depth in range(max((len(s) for s in by_span), default=0)):
+        out += [s[depth] for s in by_span if depth < len(s)]
+    return list(dict.fromkeys(out))[:limit]

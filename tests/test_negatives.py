@@ -1,0 +1,48 @@
+"""Contradictions by construction (issue #18): minimal edits of the part a positive tier adds over the tier before."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierarcaps.negatives import edit_candidates, words
+
+DOG = ["dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach at sunset."]
+
+
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def test_each_tier_changes_only_what_it_adds_over_the_tier_before():
+    assert "black dog" in edit_candidates(DOG, 2, rng())
+    assert all(c.endswith(" dog") and c != "brown dog" for c in edit_candidates(DOG, 2, rng()))  # "dog" (tier 1) is kept
+    tier3 = edit_candidates(DOG, 3, rng(), limit=50)
+    assert tier3 and all(c.startswith("brown dog ") for c in tier3)  # tier 2 stays whole, so the edit still entails it
+    assert "brown dog in a park" in tier3  # the place is swapped with its preposition, so it reads as English
+    tier4 = edit_candidates(DOG, 4, rng(), limit=50)
+    assert "A brown dog sits on the beach at sunset." in tier4 and "A brown dog runs on the beach at midnight." in tier4
+    assert all("brown dog" in c and "beach" in c for c in tier4)  # tier 3's words are never the edited ones
+    assert edit_candidates(DOG, 1, rng()) and "dog" not in edit_candidates(DOG, 1, rng())
+
+
+def test_a_new_word_the_caption_already_has_is_never_used():
+    # "bus" -> "car" would not contradict a picture of a bus next to a car
+    positive = ["vehicle", "bus", "bus next to a car", "A yellow bus parked next to a red car."]
+    assert not any("car" in c.split() for c in edit_candidates(positive, 2, rng(), limit=50))
+    assert "cars" not in " ".join(edit_candidates(["animal", "horse", "horse on a farm", "A horse and two cars on a farm."], 2, rng(), limit=50))
+    assert words("Two horses and dogs") == {"two", "horse", "and", "dog"}
+
+
+def test_actions_change_only_in_a_text_about_people_or_animals():
+    pizza = ["food", "pizza", "pizza on a plate", "A large pizza sitting on top of a white plate."]
+    assert not any(w in c for c in edit_candidates(pizza, 4, rng(), limit=50) for w in ("standing", "walking", "lying"))
+    cat = ["animal", "cat", "cat on a couch", "A cat sitting on a couch."]
+    assert any("standing" in c or "lying" in c for c in edit_candidates(cat, 4, rng(), limit=50))
+
+
+def test_candidates_are_deterministic_distinct_limited_and_articles_agree():
+    first = edit_candidates(DOG, 3, np.random.default_rng(7), limit=5)
+    assert first == edit_candidates(DOG, 3, np.random.default_rng(7), limit=5) and len(first) == len(set(first)) == 5
+    fruit = ["food", "banana", "a banana on a table", "A banana on a table."]
+    assert "an apple" in edit_candidates(["food", "a banana", "a banana on a table", fruit[3]], 2, rng(), limit=50)
+    assert edit_candidates(["thing", "something", "something here", "Something here."], 2, rng()) == []
