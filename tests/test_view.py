@@ -104,6 +104,17 @@ def test_images_are_copied_when_asked_and_the_official_csv_folder_is_recognised(
     assert rows[2]["r"] == "not_4_tiers" and info["counts"]["rejected"] == 1  # a bad CSV row is shown, not dropped
 
 
+def test_a_release_folder_shows_its_shards(tmp_path, run_dir):
+    from hierarcaps import release
+
+    published = release.publish(run_dir, tmp_path / "release", include_rejects=True)
+    meta, rows = site_rows(Path(view.build_site(published, tmp_path / "site")["site"]))
+    accepted, rejected = shard_rows(run_dir, "part"), shard_rows(run_dir, "rejects")
+    assert (meta["kind"], meta["stage"], meta["rows"]) == ("release", "filter", len(WORDS))
+    assert [r["id"] for r in rows] == [r["id"] for r in accepted + rejected]
+    assert [r["r"] for r in rows[len(accepted):]] == [r["reason"] for r in rejected]
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
