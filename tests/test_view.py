@@ -206,6 +206,12 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
+def test_without_chromium_the_browser_tests_skip_saying_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        chromium()
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     from selenium import webdriver

@@ -152,7 +152,8 @@
 
   function imageHtml(i, row) {
     if (state.meta.review) return "";
-    const url = row.u ? `<a href="${esc(row.u)}" title="image URL">${esc(row.u)}</a>` : "";
+    const linkable = /^(https?|file):/i.test(row.u || "");  // never a javascript: URL from the data
+    const url = row.u ? (linkable ? `<a href="${esc(row.u)}" title="image URL">${esc(row.u)}</a>` : `<span>${esc(row.u)}</span>`) : "";
     const remote = state.meta.remote_images && /^https?:\/\//i.test(row.u || "");
     const src = row.img || (remote ? row.u : null);
     const img = src ? `<img src="${esc(src)}" loading="lazy" alt="image of row ${i + 1}">` : `<div class="noimg">no image</div>`;
