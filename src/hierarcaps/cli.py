@@ -393,6 +393,33 @@ def download_cmd(
     console.print(f"downloaded and verified {source} into {out}")
 
 
+# --- viewer commands ---
+
+
+@app.command("view")
+def view_cmd(
+    source: Annotated[Path, typer.Argument(help="run folder, release folder, review kit, or HierarCaps CSV / .csv.gz (or a folder with one CSV + images/)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="site folder to write (an earlier site there is replaced whole)")],
+    stage: Annotated[Optional[str], typer.Option(help="a run's stage to show (default: the last finished, i.e. filter)")] = None,
+    images: Annotated[Optional[list[Path]], typer.Option("--images", help="another folder holding the images, named as in image_url (repeatable)")] = None,
+    copy_images: Annotated[bool, typer.Option("--copy-images", help="copy the local images into the site (default: relative links)")] = False,
+    remote_images: Annotated[bool, typer.Option("--remote-images/--no-remote-images", help="show rows without a local image from their URL (else a link only)")] = True,
+) -> None:
+    """Write a static site (open SITE/index.html from disk; no server) showing each row's image beside its tiers, with
+    reject reasons and NLI scores; for a review kit, a page to mark verdicts and download the labels file."""
+    from hierarcaps import view
+
+    try:
+        site = view.build_site(source, out, stage=stage, images=images or [], copy_images=copy_images, remote_images=remote_images)
+    except EXPECTED_ERRORS as err:
+        _fail(err)
+    counts = site["counts"]
+    console.print(f"{site['rows']} rows ({counts['accepted']} accepted, {counts['rejected']} rejected; images: "
+                  f"{counts['images_local']} local, {counts['images_remote']} by URL) in {site['chunks']} chunk(s), "
+                  f"{site['bytes'] / 1e6:.1f} MB", soft_wrap=True)
+    console.print(f"open: {Path(site['index']).as_uri()}", soft_wrap=True)
+
+
 # --- prefect commands ---
 
 

@@ -14,10 +14,7 @@ import csv
 import gzip
 import io
 import json
-import os
 import random
-import shutil
-import uuid
 from pathlib import Path
 
 from hierarcaps import schema, shards
@@ -175,25 +172,9 @@ def _sheet_csv(items: list[dict]) -> str:
 
 def _write_kit(out: Path, files: dict[str, str], force: bool) -> None:
     """All files into a temp folder beside `out`, then one rename: `out` is never left half written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp, old = out.parent / f".tmp-{out.name}.{tag}", None
-    tmp.mkdir()  # not mkdtemp: its 0700 mode would keep the kit from the reviewers it is meant for
-    try:
+    with shards.replacing_dir(out) as tmp:
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".old-{out.name}.{tag}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and not out.exists():
-            os.replace(old, out)
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def sample(run: str | Path, out: str | Path, n: int = 40, compare: str | Path | None = None, seed: int = 0,

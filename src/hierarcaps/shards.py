@@ -17,8 +17,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,6 +94,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+
+
+@contextmanager
+def replacing_dir(out: Path) -> Iterator[Path]:
+    """Yield a new empty folder beside `out` to fill; when the block ends without error it replaces `out` whole (the
+    old folder is moved aside, the new one renamed in, the old one deleted last). On any error the new folder is
+    removed and `out` is left as it was, so a reader never sees a half-written folder (review kits, viewer sites)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp, old = out.parent / f".tmp-{out.name}.{tag}", None
+    tmp.mkdir()  # not mkdtemp: its 0700 mode would keep the folder from the people it is written for
+    try:
+        yield tmp
+        if out.exists():
+            old = out.parent / f".old-{out.name}.{tag}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old, out)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_table(table: pa.Table, path: Path, schema: pa.Schema | None = None) -> dict:
