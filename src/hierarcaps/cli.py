@@ -376,21 +376,39 @@ def publish_cmd(
 
 @app.command("download")
 def download_cmd(
-    source: Annotated[str, typer.Argument(help="release URL, local release folder, or Hugging Face dataset repo id")],
+    source: Annotated[str, typer.Argument(help="official:test | official:test-expanded | official:train (the public HierarCaps "
+                                          "release; test with its 1,000 images), or a release URL, local release folder, or "
+                                          "Hugging Face dataset repo id")],
     to: Annotated[Path, typer.Option("--to", help="folder to download into; a rerun resumes")],
-    workers: Annotated[int, typer.Option(min=1, help="files fetched in parallel")] = 4,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="files fetched in parallel (default: 4; official: download.workers)")] = None,
     manifest_sha256: Annotated[Optional[str], typer.Option(help="refuse the release unless manifest.json has this sha256")] = None,
+    profile: ProfileOpt = "offline",
+    set_: SetOpt = None,
 ) -> None:
-    """Fetch a release in parallel (resumable), verify every file's sha256 and size, refuse any mismatch."""
-    from hierarcaps import release
+    """Fetch a release or the official HierarCaps files in parallel (resumable), verify every file's sha256 and size,
+    refuse any mismatch. Official sources read --set download.official_base=URL / download.coco_base=URL (a mirror)."""
+    from hierarcaps import official, release
+    from hierarcaps.config import load_profile
 
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the progress bar
+    name = official.parse(source)
     try:
-        out = release.download(source, to, workers=workers, manifest_sha256=manifest_sha256)
+        if name is None:
+            if set_:
+                raise ValueError("--set applies to official:... sources only (download.official_base, download.coco_base)")
+            out = release.download(source, to, workers=workers or 4, manifest_sha256=manifest_sha256)
+            console.print(f"downloaded and verified {source} into {out}")
+            return
+        if manifest_sha256:
+            raise ValueError(f"--manifest-sha256 is for releases; {source}'s files are pinned in hierarcaps/official.py")
+        overrides = _overrides(set_) | ({"download.workers": workers} if workers else {})
+        got = official.download_official(name, to, load_profile(profile, overrides).download)
     except EXPECTED_ERRORS as err:
         _fail(err)
-    console.print(f"downloaded and verified {source} into {out}")
+    images = f" + {got['images']} images in {official.IMAGES}/" if got["images"] else ""
+    recorded = f"; sha256 recorded at first download: {', '.join(got['recorded'])} ({to / official.LOCK})" if got["recorded"] else ""
+    console.print(f"{source}: {', '.join(got['files'])}{images} in {to}, every sha256 checked{recorded}", soft_wrap=True)
 
 
 # --- prefect commands ---
