@@ -300,12 +300,12 @@ def test_shards_run_on_the_process_pool_task_runner_from_config(harness, flows, 
 
 
 @pytest.mark.slow
-def test_validate_flow_writes_the_report_and_publishes_it(harness, flows, shared_data, tmp_path):
+def test_validate_flow_writes_the_report_and_publishes_it(harness, flows, test_set, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     out = tmp_path / "report"
-    result = flows.validate(data=str(shared_data / "hierarcaps_test"), out=str(out), model=["minilm"], max_images=20)
+    result = flows.validate(data=str(test_set), out=str(out), model=["minilm"], max_images=20)
     assert "d_corr" in result["models"]["minilm"]["metrics"]
     assert "markdown" not in result  # the report text goes to the artifact, not into the flow result
 

@@ -27,7 +27,6 @@ from hierarcaps.official import CATALOG, LOCK, Official, OfficialFile, download_
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_CSV = ROOT / "tests" / "fixtures" / "hierarcaps_test_head.csv"
-SHARED_TEST = ROOT.parent / "shared" / "data" / "hierarcaps_test"
 
 
 class Mirror(http.server.BaseHTTPRequestHandler):
@@ -186,6 +185,12 @@ def test_train_hash_is_recorded_at_first_download_and_checked_later(mirror, tmp_
     (tmp_path / "hierarcaps_train.csv.gz").write_bytes(b"damaged")
     download_official("train", tmp_path, cfg, progress=False)
     assert (tmp_path / "hierarcaps_train.csv.gz").read_bytes() == Mirror.files[path]
+    # finetune --data DIR checks the file it reads against the lock too
+    from hierarcaps.finetune.data import load_training_data
+
+    (tmp_path / "hierarcaps_train.csv.gz").write_bytes(Mirror.files[path] + b"e => f,g => h\n")
+    with pytest.raises(DownloadError, match=f"hierarcaps_train.csv.gz: sha256 .* differs from the {lock['sha256']} recorded"):
+        load_training_data(tmp_path)
     # ... and a release file that changed since is refused, naming the lock
     Mirror.files[path] = Mirror.files[path].replace(b"a => b", b"x => y")
     (tmp_path / "hierarcaps_train.csv.gz").unlink()
@@ -211,14 +216,13 @@ def test_unknown_official_name_says_which_exist(tmp_path):
         download_official("tset", tmp_path, progress=False)
 
 
-def test_the_image_pins_are_the_images_the_test_csv_names():
+def test_the_image_pins_are_the_images_the_test_csv_names(test_set):
     pins = {p.path for p in official.read_pins(CATALOG["test"].images)}
     assert len(pins) == 1000 and set(_image_names()) <= pins
-    if SHARED_TEST.exists():
-        with open(SHARED_TEST / "hierarcaps_test.csv", newline="") as fh:
-            urls = [row["image_url"] for row in csv.DictReader(fh)]
-        assert {u.rsplit("/", 1)[1] for u in urls} == pins
-        assert all(u == DownloadConfig().coco_base + official.COCO_IMAGES + u.rsplit("/", 1)[1] for u in urls)
+    with open(test_set / "hierarcaps_test.csv", newline="") as fh:
+        urls = [row["image_url"] for row in csv.DictReader(fh)]
+    assert {u.rsplit("/", 1)[1] for u in urls} == pins
+    assert all(u == DownloadConfig().coco_base + official.COCO_IMAGES + u.rsplit("/", 1)[1] for u in urls)
 
 
 def _cli(to: Path, base: str) -> list[str]:
@@ -226,12 +230,11 @@ def _cli(to: Path, base: str) -> list[str]:
             "--set", f"download.official_base={base}"]
 
 
-@pytest.mark.skipif(not SHARED_TEST.exists(), reason="../shared/data/hierarcaps_test is not beside this checkout (it is what "
-                    "`hierarcaps download official:test --to ../shared/data/hierarcaps_test` writes)")
-def test_official_test_from_a_mirror_of_the_shared_copy_survives_a_kill(mirror, tmp_path):
-    """1,000 rows + 1,000 images against the real pins; the first download is killed while files hang half sent."""
-    Mirror.files["data/hierarcaps_test.csv"] = (SHARED_TEST / "hierarcaps_test.csv").read_bytes()
-    for image in (SHARED_TEST / "images").iterdir():
+def test_official_test_from_a_mirror_of_the_shared_copy_survives_a_kill(mirror, test_set, tmp_path):
+    """1,000 rows + 1,000 images against the real pins, served from the shared (or an earlier downloaded) copy; the
+    first download is killed while files hang half sent."""
+    Mirror.files["data/hierarcaps_test.csv"] = (test_set / "hierarcaps_test.csv").read_bytes()
+    for image in (test_set / "images").iterdir():
         Mirror.files[official.RELEASE_IMAGES + image.name] = image.read_bytes()
     stalled = sorted(Mirror.files)[1:4]
     Mirror.stall = set(stalled)

@@ -91,6 +91,15 @@ def read_lock(to: Path) -> dict[str, dict]:
                             "{\"files\": {PATH: {\"sha256\", \"bytes\", ...}}}); move it away to record the hashes again") from None
 
 
+def check_recorded(path: Path, sha256: str) -> None:
+    """Raise DownloadError if `path` was recorded in its folder's lock at first download with another sha256 (a file
+    the lock does not list, or a folder without one, has nothing to be checked against)."""
+    entry = read_lock(Path(path).parent).get(Path(path).name)
+    if entry is not None and entry["sha256"] != sha256:
+        raise DownloadError(f"{path}: sha256 {sha256} differs from the {entry['sha256']} recorded in {Path(path).parent / LOCK} "
+                            f"when it was downloaded from {entry.get('url')}; download it again")
+
+
 class _Recorder:
     """Fetches files whose sha256 is not known, and records each in DIR/official.lock.json before the file gets its
     final name: a file under its final name always has a hash to be checked against on later downloads."""
