@@ -353,8 +353,8 @@ def test_train_student_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_
 
     calls = []
     card = {"eval_loss": 2.0, "seconds": 1.0}
-    monkeypatch.setattr(train_module, "train_start", lambda **kwargs: calls.append(kwargs) or card)
-    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "student.py:train_student_flow"))
+    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "student.py:train_student_flow"))  # parameters read from train_start
+    monkeypatch.setattr(train_module, "train_start", lambda **kwargs: calls.append(kwargs) or card)  # looked up at each call
     assert flow.name == "train-student"
     assert flow.fn(out=str(tmp_path / "student"), work=str(tmp_path / "ckpt"), steps=7, seed=3) == card
     assert calls[0]["out"] == tmp_path / "student" and calls[0]["work"] == tmp_path / "ckpt"
