@@ -24,6 +24,7 @@ from hierarcaps.config import DownloadConfig
 from hierarcaps.download import DownloadError, part_path
 from hierarcaps.eval.validate import load_data
 from hierarcaps.official import CATALOG, LOCK, Official, OfficialFile, download_official
+from range_server import send_range
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_CSV = ROOT / "tests" / "fixtures" / "hierarcaps_test_head.csv"
@@ -57,14 +58,8 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         if data is None:
             return
         path = self.path.lstrip("/")
-        start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+        start, body = send_range(self, data)
         self.gets.append((path, start))
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
         if path in self.cut or path in self.stall:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -262,3 +257,14 @@ def test_official_test_from_a_mirror_of_the_shared_copy_survives_a_kill(mirror, 
     data = load_data(to)
     assert len(data.texts) == 1000 and len(data.images) == 1000
     assert not list(to.rglob("*.part"))
+
+
+def test_cli_refuses_official_settings_for_a_release_source(tmp_path):
+    from typer.testing import CliRunner
+
+    from hierarcaps.cli import app
+
+    result = CliRunner().invoke(app, ["download", str(tmp_path), "--to", str(tmp_path / "x"), "--set", "download.coco_base=http://m/"])
+    assert result.exit_code == 1 and "--set applies to official:... sources only" in result.output
+    result = CliRunner().invoke(app, ["download", "official:test", "--to", str(tmp_path / "x"), "--manifest-sha256", "0" * 64])
+    assert result.exit_code == 1 and "pinned in hierarcaps/official.py" in result.output
