@@ -294,8 +294,8 @@ def test_filter_file_on_shared_coco_hierarchies(tmp_path, shared_data):
     assert all(originals[tuple(r["positive"])] == r["negative"] for r in back.to_pylist())
 
 
-def test_filter_file_on_positive_only_captions_csv(tmp_path, shared_data):
-    with open(shared_data / "hierarcaps_test" / "hierarcaps_test.csv", newline="") as fh:
+def test_filter_file_on_positive_only_captions_csv(tmp_path, test_set):
+    with open(test_set / "hierarcaps_test.csv", newline="") as fh:
         rows = [row for _, row in zip(range(12), csv.DictReader(fh))]
     sample = tmp_path / "captions.csv"
     with open(sample, "w", newline="") as fh:

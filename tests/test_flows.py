@@ -300,12 +300,12 @@ def test_shards_run_on_the_process_pool_task_runner_from_config(harness, flows, 
 
 
 @pytest.mark.slow
-def test_validate_flow_writes_the_report_and_publishes_it(harness, flows, shared_data, tmp_path):
+def test_validate_flow_writes_the_report_and_publishes_it(harness, flows, test_set, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     out = tmp_path / "report"
-    result = flows.validate(data=str(shared_data / "hierarcaps_test"), out=str(out), model=["minilm"], max_images=20)
+    result = flows.validate(data=str(test_set), out=str(out), model=["minilm"], max_images=20)
     assert "d_corr" in result["models"]["minilm"]["metrics"]
     assert "markdown" not in result  # the report text goes to the artifact, not into the flow result
 
@@ -353,8 +353,8 @@ def test_train_student_flow_calls_the_same_function_as_the_cli(monkeypatch, tmp_
 
     calls = []
     card = {"eval_loss": 2.0, "seconds": 1.0}
-    monkeypatch.setattr(train_module, "train_start", lambda **kwargs: calls.append(kwargs) or card)
-    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "student.py:train_student_flow"))
+    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "student.py:train_student_flow"))  # parameters read from train_start
+    monkeypatch.setattr(train_module, "train_start", lambda **kwargs: calls.append(kwargs) or card)  # looked up at each call
     assert flow.name == "train-student"
     assert flow.fn(out=str(tmp_path / "student"), work=str(tmp_path / "ckpt"), steps=7, seed=3) == card
     assert calls[0]["out"] == tmp_path / "student" and calls[0]["work"] == tmp_path / "ckpt"

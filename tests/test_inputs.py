@@ -68,8 +68,8 @@ def test_parquet_binary_captions_are_checked_per_row(tmp_path):
     assert rejects["reason"].to_pylist() == ["not_utf8"]
 
 
-def test_official_hierarcaps_csv_round_trip(tmp_path, shared_data):
-    source = shared_data / "hierarcaps_test" / "hierarcaps_test.csv"
+def test_official_hierarcaps_csv_round_trip(tmp_path, test_set):
+    source = test_set / "hierarcaps_test.csv"
     table, rejects = inputs.load_hierarchies(source)
     assert table.num_rows == 1000 and rejects.num_rows == 0
     assert all(len(p) == 4 for p in table["positive"].to_pylist())

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from hierarcaps import inputs, pipeline, schema, shards
 from hierarcaps.download import DownloadError, download, part_path, verify_release
 from hierarcaps.release import PublishError, publish
+from range_server import send_range
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_ROWS = (12, 0, 9)  # an empty shard too: a filter may reject a whole shard
@@ -279,14 +280,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         if not path.is_file():
             self.send_error(404)
             return
-        data = path.read_bytes()
-        start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
+        _, body = send_range(self, path.read_bytes())
         if path.name in self.drop_once:
             self.drop_once.discard(path.name)
             body = body[: len(body) // 2]

@@ -181,8 +181,8 @@ def test_unknown_encoder_and_missing_image_are_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_tokens_of_real_images(shared_data, tmp_path):
-    paths = sorted((shared_data / "hierarcaps_test" / "images").glob("*.jpg"))[:3]
+def test_efficientnet_lite0_tokens_of_real_images(test_set, tmp_path):
+    paths = sorted((test_set / "images").glob("*.jpg"))[:3]
     got = encode_image_tokens(paths, "efficientnet-lite0", device="cpu", cache_dir=tmp_path)
     assert got.tokens.shape == (3, 49, 1280) and got.tokens.dtype == np.float32
     assert got.tokens.min() >= 0 and got.tokens.max() <= 6  # the head's ReLU6

@@ -37,9 +37,9 @@ def tiny_clip(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def small_set(shared_data, tmp_path) -> Path:
+def small_set(test_set, tmp_path) -> Path:
     """20 rows of the shared test CSV over 10 images (rows 10-19 reuse images 0-9), images linked beside it."""
-    source = shared_data / "hierarcaps_test"
+    source = test_set
     with open(source / "hierarcaps_test.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))[:20]
     for i in range(10, 20):
@@ -86,12 +86,12 @@ def assert_png(path: Path) -> None:
 # ---------------------------------------------------------------- encoders
 
 
-def test_tiny_open_clip_is_aligned_and_normalised(tiny_clip, shared_data):
+def test_tiny_open_clip_is_aligned_and_normalised(tiny_clip, test_set):
     enc = load_encoder(tiny_clip, "cpu")
     assert isinstance(enc, OpenClipEncoder)
     assert enc.capabilities == ALIGNED == {"precision", "recall", "d_corr"}
     texts = enc.encode_text(["a dog", "a dog on grass", ""])
-    images = enc.encode_images(sorted((shared_data / "hierarcaps_test" / "images").glob("*.jpg"))[:3])
+    images = enc.encode_images(sorted((test_set / "images").glob("*.jpg"))[:3])
     assert texts.shape == (3, 32) and images.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1, atol=1e-5)

@@ -12,7 +12,10 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from hierarcaps import options
+from hierarcaps.nli.command import train_nli_model
 from hierarcaps.stages import STAGES
+from hierarcaps.student.train import train_start
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build and validate HierarCaps-style caption hierarchies.")
 console = Console(stderr=True)
@@ -184,40 +187,13 @@ def filter_cmd(
 # --- train-nli commands ---
 
 
-@app.command("train-nli")
-def train_nli_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="artifact folder (model.safetensors + card.json)")],
-    backend: Annotated[str, typer.Option(help="minilm-nli (the offline default) | minilm-head (the earlier stand-in)")] = "minilm-nli",
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="hierarcaps_coco_auto CSV (positive,negative,image_url); default ../shared/data/...")] = None,
-    nli_data: Annotated[Optional[Path], typer.Option("--nli-data", help="minilm-nli: folder of human-labelled NLI files; default ../shared/data/nli")] = None,
-    seed: Annotated[int, typer.Option(help="seeds pair sampling, init and shuffling")] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="passes over the training pairs (default: minilm-nli 2, minilm-head 12)")] = None,
-    threads: Annotated[int, typer.Option(help="minilm-nli: torch CPU threads (bit-for-bit reproduction needs the same count)")] = 2,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="minilm-nli: stop after N optimizer steps (quick checks)")] = None,
-    max_hierarchies: Annotated[Optional[int], typer.Option("--max-hierarchies", help="minilm-head: only the first N rows of the data")] = None,
-    device: Annotated[str, typer.Option(help="minilm-head: cpu | cuda (bit-for-bit reproduction is for cpu)")] = "cpu",
-) -> None:
-    """Train an offline NLI model: the minilm-nli cross-encoder (human NLI labels + caption-hierarchy pairs) or the
-    minilm-head stand-in; use it with --set filter.nli.model=OUT (and filter.nli.backend)."""
-    from hierarcaps.nli.pairs import DEFAULT_DATA
-
-    if backend not in ("minilm-nli", "minilm-head"):
-        _fail(ValueError(f"--backend {backend!r}: use minilm-nli or minilm-head"))
+def _report_train_nli(run, args: dict) -> None:
     try:
-        if backend == "minilm-nli":
-            from hierarcaps.nli.cross_train import DEFAULTS, train_minilm_nli
-            from hierarcaps.nli.human import DEFAULT_DIR
-
-            card = train_minilm_nli(out=out, nli_dir=nli_data or DEFAULT_DIR, hierarchies=data or DEFAULT_DATA, seed=seed,
-                                    epochs=epochs or DEFAULTS["epochs"], threads=threads, max_steps=max_steps)
-        else:
-            from hierarcaps.nli.train import train_nli
-
-            card = train_nli(data=data or DEFAULT_DATA, out=out, seed=seed, max_hierarchies=max_hierarchies, epochs=epochs or 12, device=device)
+        card = run()
     except EXPECTED_ERRORS as err:
         _fail(err)
     th = card["thresholds"]
-    if backend == "minilm-nli":
+    if args["backend"] == "minilm-nli":
         dev = card["dev"]
         for source, entry in dev["by_source"].items():
             console.print(f"  {source:>18} (n={entry['n']}): {entry['accuracy']:.3f}")
@@ -233,7 +209,14 @@ def train_nli_cmd(
             f"contradict {th['contradict']} joint {th.get('joint')} (dev: originals kept {th['dev_originals_kept']:.1%}, semantic errors rejected "
             f"{th['dev_semantic_rejected']:.1%}); {card['timing_s']['total']:.0f} s"
         )
+    out, backend = args["out"], args["backend"]
     console.print(f"artifact: {out} (weights sha256 {card['weights_sha256'][:16]}...); use: --set filter.nli.backend={backend} --set filter.nli.model={out}")
+
+
+# options and defaults: the arguments of nli/command.train_nli_model, which the train-nli flow shares (options.py)
+app.command("train-nli")(options.typer_command(train_nli_model, _report_train_nli, (
+    "Train an offline NLI model: the minilm-nli cross-encoder (human NLI labels + caption-hierarchy pairs) or the "
+    "minilm-head stand-in; use it with --set filter.nli.model=OUT (and filter.nli.backend).")))
 
 
 @app.command("nli")
@@ -254,30 +237,19 @@ def nli_cmd(
     console.print(f"{summary['rows']} pairs scored by {summary['model']} ({counts}) -> {out}")
 
 
-@app.command("train-student")
-def train_student_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="adapter folder (adapter + tokenizer + student.json + card.json)")],
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="hierarcaps_coco_auto CSV (positive,negative,image_url); default ../shared/data/...")] = None,
-    steps: Annotated[int, typer.Option(help="optimizer steps")] = 480,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="pairs per step")] = 16,
-    lr: Annotated[float, typer.Option(help="peak learning rate (linear warm-up and decay)")] = 5e-4,
-    s2g_repeat: Annotated[int, typer.Option("--s2g-repeat", help="copies of each caption -> tiers pair")] = 2,
-    seed: Annotated[int, typer.Option(help="seeds the adapter init, batch order and dropout")] = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (bit-for-bit reproduction needs the same count)")] = 2,
-    work: Annotated[Optional[Path], typer.Option(help="checkpoint folder (a killed run resumes from it)")] = None,
-) -> None:
-    """Train the offline student's shipped start (SmolLM2-135M + LoRA) on the development share."""
-    from hierarcaps.nli.pairs import DEFAULT_DATA
-    from hierarcaps.student.train import train_start
-
+def _report_train_student(run, args: dict) -> None:
     try:
-        card = train_start(out=out, data=data or DEFAULT_DATA, work=work, steps=steps, batch_size=batch_size, learning_rate=lr,
-                           s2g_repeat=s2g_repeat, seed=seed, threads=threads)
+        card = run()
     except EXPECTED_ERRORS as err:
         _fail(err)
     console.print(f"[yellow]note:[/] {card['description']}")
     console.print(f"eval loss {card['eval_loss']:.3f}, train loss {card['train_loss']:.3f}, {card['seconds']:.0f} s; "
-                  f"adapter sha256 {card['adapter_sha256'][:16]}...; use: --set distill.student.start={out}")
+                  f"adapter sha256 {card['adapter_sha256'][:16]}...; use: --set distill.student.start={args['out']}")
+
+
+# options and defaults: the arguments of student/train.train_start, which the train-student flow shares (options.py)
+app.command("train-student")(options.typer_command(train_start, _report_train_student,
+                                                   "Train the offline student's shipped start (SmolLM2-135M + LoRA) on the development share."))
 
 
 # --- validate commands ---
@@ -376,21 +348,39 @@ def publish_cmd(
 
 @app.command("download")
 def download_cmd(
-    source: Annotated[str, typer.Argument(help="release URL, local release folder, or Hugging Face dataset repo id")],
+    source: Annotated[str, typer.Argument(help="official:test | official:test-expanded | official:train (the public HierarCaps "
+                                          "release; test with its 1,000 images), or a release URL, local release folder, or "
+                                          "Hugging Face dataset repo id")],
     to: Annotated[Path, typer.Option("--to", help="folder to download into; a rerun resumes")],
-    workers: Annotated[int, typer.Option(min=1, help="files fetched in parallel")] = 4,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="files fetched in parallel (default: 4; official: download.workers)")] = None,
     manifest_sha256: Annotated[Optional[str], typer.Option(help="refuse the release unless manifest.json has this sha256")] = None,
+    profile: ProfileOpt = "offline",
+    set_: SetOpt = None,
 ) -> None:
-    """Fetch a release in parallel (resumable), verify every file's sha256 and size, refuse any mismatch."""
-    from hierarcaps import release
+    """Fetch a release or the official HierarCaps files in parallel (resumable), verify every file's sha256 and size,
+    refuse any mismatch. Official sources read --set download.official_base=URL / download.coco_base=URL (a mirror)."""
+    from hierarcaps import official, release
+    from hierarcaps.config import load_profile
 
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the progress bar
+    name = official.parse(source)
     try:
-        out = release.download(source, to, workers=workers, manifest_sha256=manifest_sha256)
+        if name is None:
+            if set_:
+                raise ValueError("--set applies to official:... sources only (download.official_base, download.coco_base)")
+            out = release.download(source, to, workers=workers or 4, manifest_sha256=manifest_sha256)
+            console.print(f"downloaded and verified {source} into {out}")
+            return
+        if manifest_sha256:
+            raise ValueError(f"--manifest-sha256 is for releases; {source}'s files are pinned in hierarcaps/official.py")
+        overrides = _overrides(set_) | ({"download.workers": workers} if workers else {})
+        got = official.download_official(name, to, load_profile(profile, overrides).download)
     except EXPECTED_ERRORS as err:
         _fail(err)
-    console.print(f"downloaded and verified {source} into {out}")
+    images = f" + {got['images']} images in {official.IMAGES}/" if got["images"] else ""
+    recorded = f"; sha256 recorded at first download: {', '.join(got['recorded'])} ({to / official.LOCK})" if got["recorded"] else ""
+    console.print(f"{source}: {', '.join(got['files'])}{images} in {to}, every sha256 checked{recorded}", soft_wrap=True)
 
 
 # --- viewer commands ---

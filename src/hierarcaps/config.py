@@ -243,6 +243,19 @@ class RunnerConfig(Section):
     retry_delay_seconds: list[int] = Field(default_factory=lambda: [5, 30])
 
 
+class DownloadConfig(Section):
+    """`hierarcaps download official:NAME` (official.py). Each base is the part of a URL before the path as the release
+    names it (`data/hierarcaps_test.csv`; `val2014/COCO_val2014_....jpg` in image_url), so a mirror or a test server with
+    the same paths can stand in."""
+
+    official_base: str = "https://raw.githubusercontent.com/TAU-VAILab/hierarcaps/main/"
+    coco_base: str = "http://images.cocodataset.org/"
+    # release: the release's own copies of the test images (assets/test_imgs/, 256x256, what its eval.py reads), whose
+    # sha256s are pinned; coco: the originals from coco_base, whose sha256s are recorded at first download.
+    images: Literal["release", "coco"] = "release"
+    workers: int = Field(8, ge=1, description="files fetched in parallel")
+
+
 class Profile(Section):
     name: str
     description: str = ""
@@ -256,6 +269,7 @@ class Profile(Section):
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 

@@ -48,7 +48,7 @@ class Entry:
     """One file of a release, as its manifest lists it."""
 
     path: str  # relative, '/'-separated
-    sha256: str
+    sha256: str | None  # None only while a file's hash is being recorded (official.py: a first download of train)
     bytes: int
     rows: int | None = None
 
@@ -130,6 +130,11 @@ class LocalSource:
             raise DownloadError(f"{path}: missing; is {self.root} a folder made by `hierarcaps publish`?")
         return path.read_bytes()
 
+    def size(self, path: str) -> int:
+        if not (self.root / path).is_file():
+            raise DownloadError(f"{self.root / path}: missing")
+        return (self.root / path).stat().st_size
+
     def fetch(self, entry: Entry, part: Path, advance: Advance) -> None:
         source = self.root / entry.path
         if not source.is_file():
@@ -170,6 +175,17 @@ class HttpSource:
         if response.status_code != 200:
             raise DownloadError(f"{url}: HTTP {response.status_code}; is this the URL of a published release?")
         return response.content
+
+    def size(self, path: str) -> int:
+        """The file's length in bytes, from a HEAD request."""
+        url = self.url(path)
+        try:
+            response = self.client.head(url)
+        except self.httpx.HTTPError as err:
+            raise DownloadError(f"{url}: {type(err).__name__}: {err}") from None
+        if response.status_code != 200 or not response.headers.get("content-length", "").isdigit():
+            raise DownloadError(f"{url}: HTTP {response.status_code}, no Content-Length; cannot learn the file's size")
+        return int(response.headers["content-length"])
 
     def fetch(self, entry: Entry, part: Path, advance: Advance) -> None:
         """Fetch into `part`, resuming what is there; network errors are retried with backoff."""
@@ -228,7 +244,7 @@ class HttpSource:
 
     @staticmethod
     def _complete(part: Path, entry: Entry) -> bool:
-        return sha256_file(part) == entry.sha256
+        return entry.sha256 is None or sha256_file(part) == entry.sha256
 
     def close(self) -> None:
         self.client.close()
@@ -284,8 +300,9 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Advance]:
 
 
 def _verified(final: Path, entry: Entry) -> bool:
-    """True if an earlier run left this exact file; a wrong file under the final name is removed."""
-    if not final.is_file():
+    """True if an earlier run left this exact file; a wrong file under the final name is removed. A file whose hash is
+    not known yet (sha256 None) is never taken as verified."""
+    if not final.is_file() or entry.sha256 is None:
         return False
     try:
         check_file(final, entry)
@@ -340,27 +357,36 @@ def download(
         if isinstance(opener, LocalSource) and to.exists() and to.resolve() == opener.root.resolve():
             verify_release(to)  # downloading a folder onto itself: only check it
             return to
-        todo = [e for e in entries if not _verified(to / e.path, e)]
-        log.info("%s: %d file(s), %d already here and verified", opener.where, len(entries), len(entries) - len(todo))
-        errors = []
-        with _progress_bar(progress and bool(todo), sum(e.bytes for e in todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = {pool.submit(_fetch_one, opener, e, to / e.path, advance): e for e in todo}
-            for future in as_completed(futures):
-                try:
-                    future.result()
-                except DownloadError as err:
-                    errors.append(str(err))
-        if errors:
-            raise DownloadError(
-                f"{len(errors)} of {len(entries)} file(s) from {opener.where} failed; none was kept under its final name:\n  "
-                + "\n  ".join(sorted(errors))
-            )
+        fetch_all(opener, [(e, to / e.path) for e in entries], workers, progress)
         _remove_dropped(to, entries)
         atomic_write_bytes(to / RELEASE_MANIFEST, raw)  # last: a manifest here means every file is verified
     finally:
         opener.close()
     log.info("downloaded and verified %d file(s) into %s (manifest sha256 %s)", len(entries), to, actual)
     return to
+
+
+def fetch_all(opener: LocalSource | HttpSource, jobs: list[tuple[Entry, Path]], workers: int = 4, progress: bool = True,
+              one: Callable[[LocalSource | HttpSource, Entry, Path, Advance], None] | None = None) -> None:
+    """Fetch each (entry, local path) that is not already there and verified, in parallel, with `one` (default: fetch
+    and verify); raise one DownloadError naming every file that failed (none of them is left under its final name; a
+    short .part is kept to resume)."""
+    one = one or _fetch_one
+    todo = [(e, final) for e, final in jobs if not _verified(final, e)]
+    log.info("%s: %d file(s), %d already here and verified", opener.where, len(jobs), len(jobs) - len(todo))
+    errors = []
+    with _progress_bar(progress and bool(todo), sum(e.bytes for e, _ in todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(one, opener, e, final, advance) for e, final in todo]
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except DownloadError as err:
+                errors.append(str(err))
+    if errors:
+        raise DownloadError(
+            f"{len(errors)} of {len(jobs)} file(s) from {opener.where} failed; none was kept under its final name:\n  "
+            + "\n  ".join(sorted(errors))
+        )
 
 
 def _remove_dropped(to: Path, entries: list[Entry]) -> None:

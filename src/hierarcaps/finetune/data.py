@@ -20,6 +20,7 @@ from pathlib import Path
 from hierarcaps import shards
 from hierarcaps.inputs import load_hierarchies
 from hierarcaps.nli.pairs import SPLIT_RULE, split_of, test_image_urls
+from hierarcaps.official import check_recorded
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ def _files(path: Path) -> tuple[str, list[Path], str]:
         if len(found) != 1:
             raise ValueError(f"{path}: expected a run dir (filter/), a release (manifest.json) or one CSV, found {len(found)} CSVs")
         path = found[0]
-    return "csv", [path], shards.sha256_file(path)
+    digest = shards.sha256_file(path)
+    check_recorded(path, digest)  # the release's train file: its sha256 recorded at download
+    return "csv", [path], digest
 
 
 def load_training_data(data: str | Path) -> TrainingData:

@@ -22,15 +22,12 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
+from typing import Annotated
 
 from hierarcaps import __version__, shards
 from hierarcaps.config import DistillConfig, StudentConfig
-from hierarcaps.engines.runtime import torch_threads
-from hierarcaps.engines.seq2seq import build_student, save_student
-from hierarcaps.engines.seq2seq_train import train_student
-from hierarcaps.engines.embed import packaged_path
 from hierarcaps.nli import pairs as nli_pairs
+from hierarcaps.options import Opt
 from hierarcaps.student.pairs import NEG, S2G, hierarchy_pairs
 
 log = logging.getLogger(__name__)
@@ -48,19 +45,27 @@ def training_pairs(hierarchies, s2g_repeat: int) -> list[tuple[str, str]]:
 
 
 def train_start(
-    out: Path,
-    data: Path = nli_pairs.DEFAULT_DATA,
-    work: Path | None = None,
-    steps: int = 480,
-    batch_size: int = 16,
-    learning_rate: float = 5e-4,
-    s2g_repeat: int = 2,
-    seed: int = 0,
-    threads: int = 2,
+    out: Annotated[Path, Opt("adapter folder (adapter + tokenizer + student.json + card.json)", ("--out", "-o"))],
+    data: Annotated[Path, Opt("hierarcaps_coco_auto CSV (positive,negative,image_url)", ("--data", "-d"))] = nli_pairs.DEFAULT_DATA,
+    work: Annotated[Path | None, Opt("checkpoint folder, so a killed run resumes from it (default: OUT/../.NAME-work)")] = None,
+    steps: Annotated[int, Opt("optimizer steps")] = 480,
+    batch_size: Annotated[int, Opt("pairs per step")] = 16,
+    learning_rate: Annotated[float, Opt("peak learning rate (linear warm-up and decay)", ("--lr", "--learning-rate"))] = 5e-4,
+    s2g_repeat: Annotated[int, Opt("copies of each caption -> tiers pair")] = 2,
+    seed: Annotated[int, Opt("seeds the adapter init, batch order and dropout")] = 0,
+    threads: Annotated[int, Opt("torch CPU threads (bit-for-bit reproduction needs the same count)")] = 2,
     student: StudentConfig | None = None,
 ) -> dict:
     """Train the adapter into `out` (adapter + tokenizer + student.json + card.json) and return the card. `work` holds
-    the checkpoints (default: `out`/../.<name>-work): a killed run resumes from its last one."""
+    the checkpoints (default: `out`/../.<name>-work): a killed run resumes from its last one. The annotated arguments
+    are `hierarcaps train-student`'s options and the `train-student` flow's parameters (options.py)."""
+    import torch  # here, not at the top: the CLI reads this signature without loading torch
+
+    from hierarcaps.engines.embed import packaged_path
+    from hierarcaps.engines.runtime import torch_threads
+    from hierarcaps.engines.seq2seq import build_student, save_student
+    from hierarcaps.engines.seq2seq_train import train_student
+
     started = time.perf_counter()
     out = Path(out)
     work = Path(work) if work else out.parent / f".{out.name}-work"
