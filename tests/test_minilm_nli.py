@@ -97,9 +97,23 @@ def test_in_domain_pairs_never_call_two_descriptions_of_one_picture_a_contradict
     for p in pairs:
         if p.source.startswith("swap_"):
             assert p.label == CONTRADICTION and p.hypothesis.lower() not in p.premise.lower()
+    # a member entails its category, and the category does not entail the member
+    hyper = {(p.premise, p.hypothesis, p.label) for p in by_source["hypernym"]}
+    assert hyper and all((b, a, NEUTRAL) in hyper for a, b, label in hyper if label == ENTAILMENT)
+    assert any(label == ENTAILMENT and "animal" in b and "animal" not in a for a, b, label in hyper)
+    assert by_source["swap_place_phrase"]  # "horse in a field" -> "horse in a kitchen", with the caption as premise too
     # dog and puppy describe the same image: never siblings; cat / horse (other images, same tier 1) are
     assert "puppy" not in domain.siblings(rows, min_count=1).get("dog", [])
     assert "cat" in domain.siblings(rows, min_count=1)["dog"]
+
+
+def test_a_tier_1_negative_that_is_the_category_of_the_positive_is_not_a_contradiction():
+    rows = [h(0, "img1", "man => man on a bench => man on a bench in a park => A man sits on a bench in a park.",
+              "person => woman on a bench => man on a bench at home => A man stands on a bench in a park."),
+            h(1, "img2", "sport => tennis => tennis player => A tennis player hits a ball.",
+              "person => golf => golf player => A tennis player misses a ball.")]
+    contradictions = {(p.premise, p.hypothesis) for p in domain.build_domain_pairs(rows, seed=0) if p.source == "neg_tier1"}
+    assert contradictions == {("sport", "person")}  # "man" vs "person" is left out: a man is a person
 
 
 def hierarchies_csv(path: Path) -> Path:

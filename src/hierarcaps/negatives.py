@@ -81,17 +81,21 @@ OPPOSITES = (
     ("parked", "moving"), ("alone", "together"), ("full", "empty"), ("tall", "short"), ("long", "short"),
     ("cooked", "raw"), ("calm", "rough"), ("lit", "dark"),
 )  # fmt: skip
-# Places with the preposition they take: the whole phrase is swapped, so the edit reads as English.
+# Places with the preposition they take: the whole phrase is swapped, so the edit reads as English. Every place may be
+# changed; only those that exclude each other are used as the new place ("on the grass" may be in a park, a street is
+# a road, a beach may be in a city).
 PLACES = {
-    "beach": "on a beach", "park": "in a park", "street": "on a street", "road": "on a road", "field": "in a field",
-    "forest": "in a forest", "kitchen": "in a kitchen", "bathroom": "in a bathroom", "bedroom": "in a bedroom",
-    "living room": "in a living room", "office": "in an office", "restaurant": "in a restaurant", "snow": "in the snow",
-    "water": "in the water", "ocean": "in the ocean", "lake": "on a lake", "river": "in a river", "desert": "in a desert",
-    "airport": "at an airport", "farm": "on a farm", "zoo": "in a zoo", "city": "in a city", "sky": "in the sky",
-    "grass": "on the grass", "sand": "on the sand", "track": "on a track", "court": "on a court", "station": "at a station",
-    "parking lot": "in a parking lot", "garage": "in a garage", "classroom": "in a classroom", "market": "at a market",
-    "mountain": "on a mountain", "highway": "on a highway",
+    "beach": "on a beach", "park": "in a park", "street": "on a street", "forest": "in a forest", "kitchen": "in a kitchen",
+    "bathroom": "in a bathroom", "bedroom": "in a bedroom", "living room": "in a living room", "office": "in an office",
+    "restaurant": "in a restaurant", "snow": "in the snow", "ocean": "in the ocean", "desert": "in a desert",
+    "airport": "at an airport", "farm": "on a farm", "zoo": "in a zoo", "classroom": "in a classroom",
+    "garage": "in a garage", "mountain": "on a mountain",
+    "field": "in a field", "grass": "on the grass", "sand": "on the sand", "water": "in the water", "road": "on a road",
+    "city": "in a city", "sky": "in the sky", "lake": "on a lake", "river": "in a river", "track": "on a track",
+    "court": "on a court", "station": "at a station", "parking lot": "in a parking lot", "market": "at a market",
+    "highway": "on a highway",
 }  # fmt: skip
+NEW_PLACES = tuple(PLACES)[: tuple(PLACES).index("field")]
 _PREPOSITIONS = ("in", "on", "at", "near", "by", "inside", "along", "across", "through", "into", "onto")
 _ARTICLES = ("a", "an", "the", "some")
 _PLACE_RE = re.compile(
@@ -142,6 +146,16 @@ def _edits_at(text: str, start: int, end: int, alternatives, old: str) -> list[s
     return out
 
 
+def swap_place(text: str, rng: np.random.Generator) -> str | None:
+    """One place phrase of `text` changed into another ("on a beach" -> "in a park"); None if it names none."""
+    hits = list(_PLACE_RE.finditer(text))
+    if not hits:
+        return None
+    m = hits[int(rng.integers(len(hits)))]
+    others = [PLACES[p] for p in NEW_PLACES if p != m.group(1).lower() and not words(p) & words(text)]
+    return _edits_at(text, m.start(), m.end(), [others[int(rng.integers(len(others)))]], m.group(0))[0]
+
+
 def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, limit: int = 12) -> list[str]:
     """Single edits of positive tier `tier` (1-based) that change only words tier-1 lacks, into words the caption
     lacks; at most `limit`, drawn over the edited spans in turn so one long group does not crowd out the others."""
@@ -154,7 +168,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         noun = m.group(1).lower()
         if words(noun) & keep:
             continue
-        others = [PLACES[p] for p in PLACES if p != noun and not words(p) & taken]
+        others = [PLACES[p] for p in NEW_PLACES if p != noun and not words(p) & taken]
         spans.append((m.start(), m.end()))
         by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(0)))
     for m in _VOCAB_RE.finditer(text):

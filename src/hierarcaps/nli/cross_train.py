@@ -31,7 +31,7 @@ DOMAIN_CAPS = {
     "tier_entail": 8000, "tier_generic": 5000, "same_image": 7000, "neg_prev": 3000, "neg_tier1": 2500,
     "added_detail": 2500, "swap_sibling": 2500, "swap_relation": 2500, "swap_action": 2500, "swap_person": 2000,
     "swap_animal": 2000, "swap_place": 2000, "swap_colour": 2000, "swap_vehicle": 1500, "swap_number": 1200,
-    "swap_sport": 800, "swap_food": 800,
+    "swap_sport": 800, "swap_food": 800, "hypernym": 3000, "swap_place_phrase": 2500,
 }  # fmt: skip
 JOCI_CAP = 10000  # JOCI's likelihood-scale pairs (23K usable) would otherwise be a third of the human part
 DEFAULTS = {"epochs": 2, "batch_size": 32, "lr": 6e-5, "warmup": 0.06, "seed": 0, "threads": 2, "autocast": "bfloat16"}

@@ -10,17 +10,23 @@ descriptions of one picture never contradict. From the hierarchies of one split 
 - `added_detail` (neutral): a tier => the tier with a compatible detail appended ("... at sunset");
 - `neg_prev` (entailment): n[i] => p[i-1] of the original negatives;
 - `neg_tier1` (contradiction): p[1] vs n[1] (reviewers found ~93% of these valid; deeper original negatives mostly
-  are not contradictions, so they are never used as such);
+  are not contradictions, so they are never used as such), except when n[1] is the category of p[1] or p[2] ("man"
+  vs "person": the original's most frequent tier-1 negative is "person", which taught an earlier judge that "man"
+  contradicts "person");
+- `hypernym` (entailment): a tier that names a member of a category => the tier with the category instead ("a man
+  on a bench" => "a person on a bench", "dog" => "animal"), and the reverse as neutral;
 - `swap_<kind>` (contradiction): the part a tier adds changed into something incompatible of the same kind, with the
   tier itself and the caption as premises: another colour, number, person / animal / vehicle / food, place, posture
   or action, opposite relation or state (`edits.CONTRADICTION_SWAPS`), or another member of tier 1's category for
-  tier 2 (`siblings`: tier-2 texts that share a tier 1 and never describe the same image, so synonyms are left out).
+  tier 2 (`siblings`: tier-2 texts that share a tier 1 and never describe the same image, so synonyms are left out),
+  or another place with its preposition (`swap_place_phrase`: "on a beach" -> "in a park", `negatives.swap_place`).
 
 Deterministic: one numpy generator per hierarchy, seeded by (seed, source row).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -29,6 +35,7 @@ from hierarcaps.checks import normalize
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
 from hierarcaps.engines.nli import content_words
 from hierarcaps import edits
+from hierarcaps.negatives import swap_place
 from hierarcaps.nli.human import LabelledPair
 from hierarcaps.nli.pairs import Hierarchy
 from hierarcaps.schema import TIERS
@@ -38,6 +45,28 @@ DETAILS = (
     "at sunset", "on a sunny day", "during the day", "in the morning", "in the city", "near a building",
     "with other people", "next to a tree", "in the afternoon", "on a cloudy day", "at his home", "in a town",
 )  # fmt: skip
+
+
+# Category words a member entails: (category singular, plural) for each exclusive group of edits.EXCLUSIVE_GROUPS.
+CATEGORIES = {"person": ("person", "people"), "animal": ("animal", "animals"), "vehicle": ("vehicle", "vehicles"),
+              "food": ("food", "food")}
+_CATEGORY_OF = {word: CATEGORIES[kind][number] for kind in CATEGORIES for number, group in enumerate(edits.EXCLUSIVE_GROUPS[kind])
+                for word in group}
+
+
+def hypernym(text: str, rng: np.random.Generator) -> str | None:
+    """`text` with one member of a category replaced by the category ("a man on a bench" -> "a person on a bench")."""
+    hits = [m for m in re.finditer(r"\b(?:[Hh]ot dogs?|[A-Za-z]+)\b", text) if m.group(0).lower() in _CATEGORY_OF]
+    if not hits:
+        return None
+    m = hits[int(rng.integers(len(hits)))]
+    new = _CATEGORY_OF[m.group(0).lower()]
+    article = re.search(r"\b(a|an)\s+$", text[: m.start()], re.IGNORECASE)
+    head = text[: m.start()]
+    if article:
+        wanted = "an" if new[0] in "aeiou" else "a"
+        head = head[: article.start(1)] + (wanted.capitalize() if article.group(1)[0].isupper() else wanted) + head[article.end(1):]
+    return head + (new.capitalize() if m.group(0)[0].isupper() else new) + text[m.end():]
 
 
 def siblings(hierarchies: list[Hierarchy], min_count: int = 3) -> dict[str, list[str]]:
@@ -75,8 +104,12 @@ def hierarchy_pairs(h: Hierarchy, same_image: list[Hierarchy], sibs: dict[str, l
             if _adds_content(p[i], p[j]):
                 out.append(LabelledPair(p[i], p[j], NEUTRAL, "tier_generic"))
     out += [LabelledPair(n[i], p[i - 1], ENTAILMENT, "neg_prev") for i in range(1, TIERS)]
-    if normalize(n[0]) != normalize(p[0]):
+    if normalize(n[0]) != normalize(p[0]) and normalize(n[0]) not in {_CATEGORY_OF.get(normalize(t)) for t in p[:2]}:
         out.append(LabelledPair(p[0], n[0], CONTRADICTION, "neg_tier1"))
+    t = int(rng.integers(0, TIERS))
+    general = hypernym(p[t], rng)
+    if general is not None:
+        out += [LabelledPair(p[t], general, ENTAILMENT, "hypernym"), LabelledPair(general, p[t], NEUTRAL, "hypernym")]
     for other in same_image:
         q = other.positive
         for premise, hypothesis in ((p[3], q[3]), (p[2], q[2]), (p[3], q[2])):
@@ -93,6 +126,10 @@ def hierarchy_pairs(h: Hierarchy, same_image: list[Hierarchy], sibs: dict[str, l
             t, edited = options[int(rng.integers(len(options)))]
             premises = [p[t]] if t == TIERS - 1 else [p[t], p[3]]
             out += [LabelledPair(prem, edited, CONTRADICTION, f"swap_{kind}") for prem in premises]
+    options = [(t, e) for t in range(1, TIERS) if (e := swap_place(p[t], rng)) is not None and _adds_content(p[3], e)]
+    if options:
+        t, edited = options[int(rng.integers(len(options)))]
+        out += [LabelledPair(prem, edited, CONTRADICTION, "swap_place_phrase") for prem in ([p[t]] if t == TIERS - 1 else [p[t], p[3]])]
     alternatives = sibs.get(normalize(p[1]), [])
     alternatives = [a for a in alternatives if _adds_content(p[3], a)]
     if alternatives:
