@@ -10,6 +10,7 @@ structural checks, then every NLI rule).
 4. hierarchies/s of the filter's NLI pass over original rows (torch threads pinned, `--threads`).
 
     python bench/nli.py [--max-hierarchies N] [--speed-rows 300] [--threads 2] [--json bench/nli_results.json]
+    python bench/nli.py --backend minilm-nli --backend minilm-nli=runs/nli-v2     # a retrained judge beside the shipped one
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def main() -> None:
     parser.add_argument("--max-hierarchies", type=int, default=None, help="only the first N held-out hierarchies")
     parser.add_argument("--speed-rows", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", action="append", default=None, help=f"repeatable; default {' and '.join(BACKENDS)}")
+    parser.add_argument("--backend", action="append", default=None,
+                        help=f"repeatable, BACKEND or BACKEND=MODEL_DIR (a retrained model beside the shipped one); default {' and '.join(BACKENDS)}")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -164,7 +166,8 @@ def main() -> None:
     result = {"split": "eval", "hierarchies": len(hierarchies), "threads": args.threads, "backends": {}}
     with torch_threads(args.threads):
         for name in args.backend or BACKENDS:
-            profile = load_profile("offline", {"filter.nli.backend": name, "filter.nli.device": "cpu"})
+            backend, _, model_dir = name.partition("=")
+            profile = load_profile("offline", {"filter.nli.backend": backend, "filter.nli.device": "cpu", "filter.nli.model": model_dir or None})
             model = load_nli(profile.filter.nli)
             judge = Judge(profile, nli=model)
             model.predict([("warm up", "the model")])
