@@ -131,23 +131,21 @@ def words(text: str) -> set[str]:
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in _WORD.findall(text.lower())}
 
 
-def _fix_article(text: str, start: int) -> tuple[str, int]:
-    """"a" <-> "an" before the word at `start`, by its first letter; returns the text and the shifted start."""
+def _fix_article(text: str, start: int) -> str:
+    """"a" <-> "an" before the word at `start`, by its first letter."""
     m = re.search(r"\b(a|an|A|An)\s+$", text[:start])
     if not m:
-        return text, start
-    article = m.group(1)
-    wanted = ("an" if text[start:start + 1].lower() in "aeiou" else "a")
-    wanted = wanted.capitalize() if article[0].isupper() else wanted
-    return text[: m.start(1)] + wanted + text[m.end(1):], start + len(wanted) - len(article)
+        return text
+    wanted = "an" if text[start:start + 1].lower() in "aeiou" else "a"
+    wanted = wanted.capitalize() if m.group(1)[0].isupper() else wanted
+    return text[: m.start(1)] + wanted + text[m.end(1):]
 
 
 def _edits_at(text: str, start: int, end: int, alternatives, old: str) -> list[str]:
     out = []
     for new in alternatives:
         new = new[:1].upper() + new[1:] if old[:1].isupper() else new
-        edited, _ = _fix_article(text[:start] + new + text[end:], start)
-        out.append(edited)
+        out.append(_fix_article(text[:start] + new + text[end:], start))
     return out
 
 
