@@ -38,6 +38,7 @@ STUDENT = {
     # the student's own samples only (the edits and the judged choice have their own test below)
     "generate.negative_edits": 0,
     "generate.judge": False,
+    "generate.positive_candidates": 1,
 }
 UNSEEN = ["A yellow school bus parked next to a red brick building.", "Two giraffes eat leaves from a tall tree."]
 

@@ -46,3 +46,10 @@ def test_candidates_are_deterministic_distinct_limited_and_articles_agree():
     fruit = ["food", "banana", "a banana on a table", "A banana on a table."]
     assert "an apple" in edit_candidates(["food", "a banana", "a banana on a table", fruit[3]], 2, rng(), limit=50)
     assert edit_candidates(["thing", "something", "something here", "Something here."], 2, rng()) == []
+
+
+def test_a_generic_category_changes_only_at_tier_1():
+    positive = ["food", "pizza", "pizza near a truck", "A pizza near a truck and a building."]
+    assert "animal" in edit_candidates(positive, 1, rng()) and "food" not in edit_candidates(positive, 1, rng())
+    # "a truck and a building" -> "... and a food" is no caption
+    assert not any(c.endswith(("a food.", "an animal.", "a person.")) for c in edit_candidates(positive, 4, rng(), limit=50))

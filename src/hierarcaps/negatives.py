@@ -42,7 +42,6 @@ _COCO = (
     ("summer", "winter"),
     ("adult", "child"),
     ("cat", "dog", "bird", "horse", "cow", "sheep", "elephant", "giraffe", "zebra", "bear"),
-    ("animal", "food", "vehicle", "furniture", "building", "plant", "person", "device", "sport"),
     ("pizza", "sandwich", "cake", "donut", "hot dog", "salad", "soup", "pasta", "burger", "bread", "steak"),
     ("banana", "apple", "orange", "broccoli", "carrot", "strawberry"),
     ("bananas", "apples", "oranges", "carrots", "strawberries", "grapes"),
@@ -79,6 +78,8 @@ GROUPS: tuple[tuple[str, ...], ...] = (
     *ACTIONS,
 )
 _ACTION_WORDS = frozenset(w for group in ACTIONS for w in group)
+# Tier 1's generic concepts, changed only at tier 1 ("a truck and a building" -> "... and a food" is no caption).
+CATEGORIES = ("animal", "food", "vehicle", "furniture", "building", "plant", "person", "device", "sport")
 # Opposite relations and states. Not "on" / "under" or "up" / "down": in captions they are mostly idiom ("on top of",
 # "close-up", "sitting down"), and the swap reads as garbage ("a clock under the top of a building").
 OPPOSITES = (
@@ -174,6 +175,8 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         others = [PLACES[p] for p in NEW_PLACES if p != noun and not words(p) & taken]
         spans.append((m.start(), m.end()))
         by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(0)))
+    if tier == 1 and text.lower() in CATEGORIES:
+        by_span.append([c for c in CATEGORIES if c != text.lower()])
     for m in _VOCAB_RE.finditer(text):
         old = m.group(1).lower()
         if words(old) & keep or any(s < m.end() and m.start() < e for s, e in spans):
