@@ -225,12 +225,14 @@ def test_judged_negatives_keep_the_fluent_candidate_that_contradicts_and_entails
 
     C, N = TierNLI.CONTRA, TierNLI.NEUTRAL
     nli = TierNLI({("red zebras", "black zebras"): C, ("red zebras", "purple zebras"): C, ("purple zebras", "zebras"): N,
-                   ("red zebras", "orange zebras"): C, ("orange zebras", "zebras"): N, ("zebras", "sampled"): (0.1, 0.3, 0.6)})
+                   ("red zebras", "orange zebras"): C, ("orange zebras", "zebras"): N, ("zebras", "sampled"): (0.1, 0.3, 0.6),
+                   ("red zebras", "sampled"): C})
     stage.__dict__["judge"] = Judge(stage.profile, nli=nli)
-    stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]
+    stage._generate, stage._score = student, lambda sources, targets: [-float(len(t)) for t in targets]  # "sampled" is most fluent
     result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
     negative = result.out.to_pylist()[0]["negative"]
-    # tier 2: three candidates contradict "red zebras", but "purple" / "orange zebras" do not entail "zebras"
+    # tier 2: three edits contradict "red zebras", but "purple" / "orange zebras" do not entail "zebras"; the student's
+    # sample passes too, and would win on fluency, but an edit the judge accepts comes first
     assert negative[1] == "black zebras"
     assert ("black zebras", "zebras") in nli.pairs and ("red zebras", "black zebras") in nli.pairs
     # tier 1: nothing reaches P(contradiction) 0.64; after the last try the candidate nearest to passing is kept
