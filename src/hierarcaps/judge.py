@@ -48,6 +48,7 @@ RULES = (
     ("nli_negative_contradicts", "nli_negative_not_contradicting", CONTRADICTION),
     ("nli_negative_entails_previous", "nli_negative_not_entailing_previous", ENTAILMENT),
 )
+REQUIRED = {rule: column for rule, _, column in RULES}  # the NLI column each rule needs
 JOINT = ("nli_joint", "nli_joint_too_weak")
 STRUCTURAL = "structural"
 POSITIVE_RULES = frozenset({"nli_positive_entails", "nli_caption_entails"})
@@ -60,8 +61,16 @@ def rule_pairs(positive: list[str], negative: list[str] | None) -> list[tuple[st
     pairs = [("nli_positive_entails", i, positive[i], positive[i - 1]) for i in range(1, schema.TIERS)]
     pairs += [("nli_caption_entails", i + 1, positive[-1], positive[i]) for i in range(schema.TIERS - 2)]
     if negative is not None:
-        pairs += [("nli_negative_contradicts", i + 1, positive[i], negative[i]) for i in range(schema.TIERS)]
-        pairs += [("nli_negative_entails_previous", i + 1, negative[i], positive[i - 1]) for i in range(1, schema.TIERS)]
+        pairs += [pair for i in range(schema.TIERS) for pair in negative_tier_pairs(positive, i + 1, negative[i])]
+    return pairs
+
+
+def negative_tier_pairs(positive: list[str], tier: int, text: str) -> list[tuple[str, int, str, str]]:
+    """The pairs of `rule_pairs` that negative tier `tier` (1-based) = `text` must pass: it contradicts positive tier
+    `tier` and, from tier 2 on, entails positive tier `tier` - 1."""
+    pairs = [("nli_negative_contradicts", tier, positive[tier - 1], text)]
+    if tier > 1:
+        pairs.append(("nli_negative_entails_previous", tier, text, positive[tier - 2]))
     return pairs
 
 
@@ -152,6 +161,13 @@ class Judge:
             if failure is not None:
                 verdict.reason, verdict.detail = failure[0], json.dumps(failure[1], sort_keys=True)
         return verdicts
+
+    def margins(self, groups: list[list[tuple[str, int, str, str]]]) -> list[float]:
+        """For each group of `rule_pairs`-style pairs, how far its weakest pair is above its rule's threshold (>= 0:
+        every pair passes), from one NLI pass over the distinct pairs. The joint rule is not part of it."""
+        scores = score_pairs(self.nli, [(p, h) for pairs in groups for _, _, p, h in pairs])
+        thresholds = {ENTAILMENT: self.thresholds["entail"], CONTRADICTION: self.thresholds["contradict"]}
+        return [min(float(scores[(p, h)][REQUIRED[rule]]) - thresholds[REQUIRED[rule]] for rule, _, p, h in pairs) for pairs in groups]
 
     def _nli(self, pairs: list[tuple[str, int, str, str]], scores: dict, stats: Stats) -> tuple[tuple[str, dict] | None, dict]:
         """Evaluate every rule on one row; count per rule and per (rule, tier); return the first failure and mins."""

@@ -35,11 +35,10 @@ import pyarrow as pa
 
 from hierarcaps import schema, shards
 from hierarcaps.checks import normalize, restates
-from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT
-from hierarcaps.engines.nli import content_words, score_pairs
-from hierarcaps.judge import Judge, rule_pairs
-from hierarcaps.negatives import edit_candidates
 from hierarcaps.engines.embed import resolve_device
+from hierarcaps.engines.nli import content_words
+from hierarcaps.judge import Judge, negative_tier_pairs, rule_pairs
+from hierarcaps.negatives import edit_candidates
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
 from hierarcaps.stats import Stats
@@ -189,8 +188,9 @@ class GenerateStage(Stage):
         return parsed
 
     def _judge_positives(self, rows: list[dict], sources: list[str], parsed: list, stats: Stats) -> None:
-        """Replace each row's positive with the first candidate (the greedy one, then samples by the student's
-        likelihood) that passes the judge's checks and positive-side NLI rules and adds content at every tier."""
+        """Of each row's candidates (the greedy hierarchy and `positive_candidates` - 1 samples) that pass the judge's
+        checks and positive-side NLI rules and add content at every tier, keep the one the student finds most likely;
+        a row where none passes keeps the greedy one."""
         k = self.cfg.positive_candidates - 1
         sampled = self._generate([s for s in sources for _ in range(k)], sample=True, temperature=self.cfg.positive_temperature,
                                  top_p=self.cfg.negative_top_p,
@@ -207,7 +207,7 @@ class GenerateStage(Stage):
                     mine.append((text, tiers))
             options.append(mine)
         positives = [tiers + [row["caption"]] for row, mine in zip(rows, options) for _, tiers in mine]
-        passed = iter(self._judge_positive_side(positives))
+        passed = iter(m >= 0 for m in self.judge.margins([rule_pairs(positive, None) for positive in positives]))
         ranked = []
         for n, mine in enumerate(options):
             good = [option for option in mine if next(passed)]
@@ -218,13 +218,6 @@ class GenerateStage(Stage):
         scores = iter(self._score([s for s, _ in pairs], [t for _, t in pairs]) if pairs else [])
         for n, good in ranked:
             parsed[n] = good[0] if len(good) == 1 else max(zip([next(scores) for _ in good], good), key=lambda x: x[0])[1]
-
-    def _judge_positive_side(self, positives: list[list[str]]) -> list[bool]:
-        """Whether each positive hierarchy passes every positive-side NLI rule of the filter."""
-        needed = [[(p, h) for rule, _, p, h in rule_pairs(positive, None)] for positive in positives]
-        probs = score_pairs(self.judge.nli, [pair for pairs in needed for pair in pairs])
-        threshold = self.judge.thresholds["entail"]
-        return [all(probs[pair][ENTAILMENT] >= threshold for pair in pairs) for pairs in needed]
 
     def _score(self, sources: list[str], targets: list[str]) -> list[float]:
         from hierarcaps.engines.seq2seq import student_score
@@ -270,7 +263,8 @@ class GenerateStage(Stage):
                 still.append(row)
             pending = still + self._choose(choices, tier, stats)
         stats.add("negative_restates_positive", sum(1 for r in pending if r["negative"][tier - 1] and restates(r["negative"][tier - 1], r["positive"][tier - 1])))
-        stats.add("negative_unjudged", sum(1 for r in pending if r["negative"][tier - 1]) if self.cfg.judge else 0)
+        if self.cfg.judge:
+            stats.add("negative_unjudged", sum(1 for r in pending if r["negative"][tier - 1]))
 
     def _edits(self, row: dict, tier: int) -> list[str]:
         rng = np.random.default_rng(row_seed(self.cfg.seed, row["id"], tier, -1))
@@ -282,9 +276,9 @@ class GenerateStage(Stage):
         passing = {id(row): usable for row, _, usable in choices}
         unresolved: list[dict] = []
         if self.cfg.judge and choices:
-            margins = self._judge_margins([(row, c) for row, _, usable in choices for c in usable], tier)
+            margins = iter(self.judge.margins([negative_tier_pairs(row["positive"], tier, c) for row, _, usable in choices for c in usable]))
             for row, _, usable in choices:
-                scored = [(margins[(id(row), c)], c) for c in usable]
+                scored = [(next(margins), c) for c in usable]
                 passed = [c for m, c in scored if m >= 0]
                 # an edit the judge accepts beats a sample it accepts: blind reviewers found 80-100% of the chosen
                 # edits valid at every tier, and 25-50% of the chosen samples at tiers 2-4 (bench/README.md)
@@ -309,22 +303,6 @@ class GenerateStage(Stage):
             if usable and tier in row.get("_edits", {}):
                 stats.add("negative_from_edit", int(row["negative"][tier - 1] in row["_edits"][tier]))
         return unresolved
-
-    def _judge_margins(self, candidates: list[tuple[dict, str]], tier: int) -> dict[tuple[int, str], float]:
-        """(row, candidate) -> how far its weakest required pair is above its threshold (>= 0: the judge accepts):
-        positive tier i => candidate contradiction, candidate => positive tier i-1 entailment (tiers 2-4)."""
-        thresholds = self.judge.thresholds
-        pairs = [(row["positive"][tier - 1], c) for row, c in candidates]
-        if tier > 1:
-            pairs += [(c, row["positive"][tier - 2]) for row, c in candidates]
-        probs = score_pairs(self.judge.nli, pairs)
-        out = {}
-        for row, c in candidates:
-            margin = probs[(row["positive"][tier - 1], c)][CONTRADICTION] - thresholds["contradict"]
-            if tier > 1:
-                margin = min(margin, probs[(c, row["positive"][tier - 2])][ENTAILMENT] - thresholds["entail"])
-            out[(id(row), c)] = float(margin)
-        return out
 
     def _reject(self, row: dict, reason: str, detail: str, raw: str | None, positive: list[str] | None = None) -> dict:
         return {"id": row["id"], "stage": self.name, "reason": reason, "detail": detail, "caption": row["caption"], "positive": positive,
