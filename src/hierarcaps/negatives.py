@@ -41,7 +41,6 @@ _COCO = (
     ("sunset", "noon", "midnight"),
     ("summer", "winter"),
     ("adult", "child"),
-    ("cat", "dog", "bird", "horse", "cow", "sheep", "elephant", "giraffe", "zebra", "bear"),
     ("pizza", "sandwich", "cake", "donut", "hot dog", "salad", "soup", "pasta", "burger", "bread", "steak"),
     ("banana", "apple", "orange", "broccoli", "carrot", "strawberry"),
     ("bananas", "apples", "oranges", "carrots", "strawberries", "grapes"),
@@ -54,8 +53,6 @@ _COCO = (
     ("toilet", "sink", "bathtub", "shower", "mirror"),
     ("bed", "couch", "table", "chair", "bench", "desk"),
     ("clock tower", "church", "bridge", "lighthouse", "skyscraper"),
-    ("train", "bus", "truck", "car", "motorcycle", "bicycle", "boat", "airplane"),
-    ("trains", "buses", "trucks", "cars", "motorcycles", "bicycles", "boats", "airplanes"),
 )
 # What people and animals do: swapped only in a text about one ("a pizza sitting on a plate" cannot walk).
 ACTIONS = (
@@ -132,7 +129,7 @@ def words(text: str) -> set[str]:
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in _WORD.findall(text.lower())}
 
 
-def _fix_article(text: str, start: int) -> str:
+def fix_article(text: str, start: int) -> str:
     """"a" <-> "an" before the word at `start`, by its first letter."""
     m = re.search(r"\b(a|an|A|An)\s+$", text[:start])
     if not m:
@@ -146,7 +143,7 @@ def _edits_at(text: str, start: int, end: int, alternatives, old: str) -> list[s
     out = []
     for new in alternatives:
         new = new[:1].upper() + new[1:] if old[:1].isupper() else new
-        out.append(_fix_article(text[:start] + new + text[end:], start))
+        out.append(fix_article(text[:start] + new + text[end:], start))
     return out
 
 

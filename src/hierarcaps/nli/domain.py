@@ -35,7 +35,7 @@ from hierarcaps.checks import normalize
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
 from hierarcaps.engines.nli import content_words
 from hierarcaps import edits
-from hierarcaps.negatives import swap_place
+from hierarcaps.negatives import fix_article, swap_place
 from hierarcaps.nli.human import LabelledPair
 from hierarcaps.nli.pairs import Hierarchy
 from hierarcaps.schema import TIERS
@@ -61,12 +61,7 @@ def hypernym(text: str, rng: np.random.Generator) -> str | None:
         return None
     m = hits[int(rng.integers(len(hits)))]
     new = _CATEGORY_OF[m.group(0).lower()]
-    article = re.search(r"\b(a|an)\s+$", text[: m.start()], re.IGNORECASE)
-    head = text[: m.start()]
-    if article:
-        wanted = "an" if new[0] in "aeiou" else "a"
-        head = head[: article.start(1)] + (wanted.capitalize() if article.group(1)[0].isupper() else wanted) + head[article.end(1):]
-    return head + (new.capitalize() if m.group(0)[0].isupper() else new) + text[m.end():]
+    return fix_article(text[: m.start()] + (new.capitalize() if m.group(0)[0].isupper() else new) + text[m.end():], m.start())
 
 
 def siblings(hierarchies: list[Hierarchy], min_count: int = 3) -> dict[str, list[str]]:
