@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from hierarcaps import schema
 
 CAPTION_FORMATS = (".parquet", ".csv", ".jsonl", ".json", ".csv.gz", ".jsonl.gz")
+HIERARCHY_CSV_SUFFIXES = (".csv", ".csv.gz")  # the official HierarCaps files, as review and view read them
 # `hf:<dataset>[:<split>]` reads a dataset through `datasets.load_dataset` (the paper profile's Conceptual Captions:
 # `hf:google-research-datasets/conceptual_captions:train`); <dataset> may also be a local dataset folder.
 HUB_PREFIX = "hf:"

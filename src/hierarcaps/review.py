@@ -18,12 +18,11 @@ import random
 from pathlib import Path
 
 from hierarcaps import schema, shards
-from hierarcaps.inputs import InputError, load_hierarchies
+from hierarcaps.inputs import HIERARCHY_CSV_SUFFIXES, InputError, load_hierarchies
 
 SHEET, SHEET_MD, SHEET_CSV, BRIEF_FILE, KEY = "sheet.json", "sheet.md", "sheet.csv", "brief.md", "key.json"
 RUN_SOURCE, COMPARE_SOURCE = "run", "compare"
 KEY_VERSION = 1
-CSV_SUFFIXES = (".csv", ".csv.gz")
 # One row's verdicts in a fixed order: the positive hierarchy, then negative tiers 1..4.
 VERDICTS = ("positive", "negative_1", "negative_2", "negative_3", "negative_4")
 
@@ -85,7 +84,7 @@ def _load_source(path: str | Path) -> dict:
         except shards.ShardError as err:
             raise ReviewError(f"{path}: cannot read the filter shards: {err}") from None
         kind, source_rows = "run", [None] * table.num_rows
-    elif path.is_file() and path.name.lower().endswith(CSV_SUFFIXES):
+    elif path.is_file() and path.name.lower().endswith(HIERARCHY_CSV_SUFFIXES):
         columns = _csv_columns(path)
         missing = [c for c in ("positive", "negative") if c not in columns]
         if missing:

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from hierarcaps import schema, shards
 from hierarcaps.download import RELEASE_FORMAT, RELEASE_MANIFEST
-from hierarcaps.inputs import InputError, load_hierarchies
+from hierarcaps.inputs import HIERARCHY_CSV_SUFFIXES, InputError, load_hierarchies
 
-CSV_SUFFIXES = (".csv", ".csv.gz")
 # Stage folders in build order (`external` stands in for input..generate after `hierarcaps filter`): the default
 # stage of a run is the last one present, and a reject's image URL and source are looked up from later stages first.
 RUN_STAGES = ("input", "external", "seed", "augment", "distill", "generate", "filter")
@@ -53,7 +52,7 @@ def load_source(source: str | Path, stage: str | None = None) -> Source:
     if not path.exists():
         raise ViewError(f"{path}: not found; {EXPECTED}")
     if path.is_file():
-        if path.name.lower().endswith(CSV_SUFFIXES):
+        if path.name.lower().endswith(HIERARCHY_CSV_SUFFIXES):
             return _csv(path)
         raise ViewError(f"{path}: not a folder or a .csv / .csv.gz file; {EXPECTED}")
     if (path / "sheet.json").is_file() and (path / "key.json").is_file():
@@ -63,7 +62,7 @@ def load_source(source: str | Path, stage: str | None = None) -> Source:
     present = [name for name in RUN_STAGES if (path / name / shards.MANIFEST).is_file()]
     if present:
         return _run(path, present, stage)
-    csvs = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(CSV_SUFFIXES))
+    csvs = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(HIERARCHY_CSV_SUFFIXES))
     if len(csvs) == 1:
         return _csv(csvs[0])
     found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
