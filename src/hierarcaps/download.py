@@ -97,7 +97,7 @@ def part_path(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
 
-def _finish(part: Path, final: Path, entry: Entry, keep_truncated: bool) -> None:
+def finish(part: Path, final: Path, entry: Entry, keep_truncated: bool) -> None:
     """Verify the .part file and give it its final name; a bad file is deleted (a short one kept if resumable)."""
     try:
         check_file(part, entry)
@@ -216,7 +216,7 @@ class HttpSource:
             have = 0  # longer than the file, or full length but wrong: start over
         elif have == entry.bytes:
             advance(have)
-            return  # an earlier run finished it; _finish moves it into place
+            return  # an earlier run finished it; finish moves it into place
         headers = {"Range": f"bytes={have}-"} if have else {}
         with self.client.stream("GET", url, headers=headers) as response:
             if have and not (response.status_code == 206 and response.headers.get("content-range", "").startswith(f"bytes {have}-")):
@@ -407,4 +407,4 @@ def _fetch_one(opener: LocalSource | HttpSource, entry: Entry, final: Path, adva
     final.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(final)
     opener.fetch(entry, part, advance)
-    _finish(part, final, entry, keep_truncated=opener.resumable)
+    finish(part, final, entry, keep_truncated=opener.resumable)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from hierarcaps.config import DownloadConfig
-from hierarcaps.download import Advance, DownloadError, Entry, _finish, fetch_all, open_source, part_path
+from hierarcaps.download import Advance, DownloadError, Entry, finish, fetch_all, open_source, part_path
 from hierarcaps.shards import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class _Recorder:
             atomic_write_json(self.to / LOCK, {"note": "sha256 of files whose hash hierarcaps could not pin, recorded at "
                                                "their first download; later downloads into this folder are checked against it",
                                                "files": dict(sorted(self.lock.items()))})
-        _finish(part, final, recorded, keep_truncated=False)
+        finish(part, final, recorded, keep_truncated=False)
         log.info("%s: recorded sha256 %s (%d bytes) in %s", final.name, recorded.sha256, recorded.bytes, self.to / LOCK)
 
 
