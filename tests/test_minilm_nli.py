@@ -116,6 +116,19 @@ def test_a_tier_1_negative_that_is_the_category_of_the_positive_is_not_a_contrad
     assert contradictions == {("sport", "person")}  # "man" vs "person" is left out: a man is a person
 
 
+def test_one_word_is_a_tier_1_contradiction_a_limited_number_of_times_and_tier_1_links_are_their_own_kind(monkeypatch):
+    monkeypatch.setattr(domain, "NEG_TIER1_PER_TEXT", 2)
+    rows = [h(k, f"img{k}", f"{first} => bus => bus on a road => A bus number {k} on a road.",
+              f"water => car => bus in a park => A bus number {k} in a park.") for k, first in enumerate(["vehicle", "transport", "machine", "road"])]
+    rows.append(h(9, "img9", "person => woman => woman on a bench => A woman on a bench.",
+                  "animal => man => woman in a park => A woman in a park."))
+    pairs = domain.build_domain_pairs(rows, seed=0)
+    assert [p.hypothesis for p in pairs if p.source == "neg_tier1"] == ["water", "water", "animal"]
+    links = {(p.premise, p.hypothesis, p.label) for p in pairs if p.source == "tier_link"}
+    assert ("bus", "vehicle", ENTAILMENT) in links and ("woman", "person", ENTAILMENT) in links
+    assert not any(p.source == "tier_entail" and (p.premise, p.hypothesis) == ("bus", "vehicle") for p in pairs)
+
+
 def hierarchies_csv(path: Path) -> Path:
     """Rows of many images, so both the train and the dev split hold some."""
     templates = [("dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach."),

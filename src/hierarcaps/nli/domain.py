@@ -3,7 +3,10 @@
 Human NLI data (`human.py`) teaches sentences; caption hierarchies also need short tiers and the rule that two true
 descriptions of one picture never contradict. From the hierarchies of one split (by image, `pairs.split_of`):
 
-- `tier_entail` (entailment): p[j] => p[i] for j > i, the caption => every tier included;
+- `tier_entail` (entailment): p[j] => p[i] for j > i, the caption => every tier included, except p[2] => p[1];
+- `tier_link` (entailment): p[2] => p[1] ("woman" => "person", "sandpiper" => "bird"), and a tier-2 word that is a
+  member of a category => the category ("woman" => "person"): kept apart so the short tier-1 links are not a
+  sliver of `tier_entail`, and balance `neg_tier1`'s one-word hypotheses;
 - `tier_generic` (neutral): p[i] => p[j] for i < j, when p[j] has a content word p[i] lacks (a refinement);
 - `same_image` (neutral): caption => caption, tier 3 => tier 3, caption => tier 3 of two hierarchies of the same
   image, when the hypothesis has a content word the premise lacks (else it may be entailed);
@@ -12,7 +15,8 @@ descriptions of one picture never contradict. From the hierarchies of one split 
 - `neg_tier1` (contradiction): p[1] vs n[1] (reviewers found ~93% of these valid; deeper original negatives mostly
   are not contradictions, so they are never used as such), except when n[1] is the category of p[1] or p[2] ("man"
   vs "person": the original's most frequent tier-1 negative is "person", which taught an earlier judge that "man"
-  contradicts "person");
+  contradicts "person"); at most `NEG_TIER1_PER_TEXT` pairs per negative text, so no one word ("person", "water")
+  becomes a contradiction whatever the premise;
 - `hypernym` (entailment): a tier that names a member of a category => the tier with the category instead ("a man
   on a bench" => "a person on a bench", "dog" => "animal"), and the reverse as neutral;
 - `swap_<kind>` (contradiction): the part a tier adds changed into something incompatible of the same kind, with the
@@ -50,6 +54,7 @@ DETAILS = (
 # Category words a member entails: (category singular, plural) for each exclusive group of edits.EXCLUSIVE_GROUPS.
 CATEGORIES = {"person": ("person", "people"), "animal": ("animal", "animals"), "vehicle": ("vehicle", "vehicles"),
               "food": ("food", "food")}
+NEG_TIER1_PER_TEXT = 20
 _CATEGORY_OF = {word: CATEGORIES[kind][number] for kind in CATEGORIES for number, group in enumerate(edits.EXCLUSIVE_GROUPS[kind])
                 for word in group}
 
@@ -95,9 +100,12 @@ def hierarchy_pairs(h: Hierarchy, same_image: list[Hierarchy], sibs: dict[str, l
     out: list[LabelledPair] = []
     for i in range(TIERS):
         for j in range(i + 1, TIERS):
-            out.append(LabelledPair(p[j], p[i], ENTAILMENT, "tier_entail"))
+            out.append(LabelledPair(p[j], p[i], ENTAILMENT, "tier_link" if (i, j) == (0, 1) else "tier_entail"))
             if _adds_content(p[i], p[j]):
                 out.append(LabelledPair(p[i], p[j], NEUTRAL, "tier_generic"))
+    category = _CATEGORY_OF.get(normalize(p[1]))
+    if category is not None and category != normalize(p[0]):
+        out.append(LabelledPair(p[1], category, ENTAILMENT, "tier_link"))
     out += [LabelledPair(n[i], p[i - 1], ENTAILMENT, "neg_prev") for i in range(1, TIERS)]
     if normalize(n[0]) != normalize(p[0]) and normalize(n[0]) not in {_CATEGORY_OF.get(normalize(t)) for t in p[:2]}:
         out.append(LabelledPair(p[0], n[0], CONTRADICTION, "neg_tier1"))
@@ -141,12 +149,18 @@ def build_domain_pairs(hierarchies: list[Hierarchy], seed: int = 0, sibling_sour
     sibs = siblings(sibling_source if sibling_source is not None else hierarchies)
     out: list[LabelledPair] = []
     seen: set[tuple[str, str]] = set()
+    negative_texts: Counter = Counter()
     for h in hierarchies:
         rng = np.random.default_rng([seed, h.row])
         others = [o for o in by_image[h.image_url] if o.row != h.row]
         for pair in hierarchy_pairs(h, others[:2], sibs, rng):
             key = (normalize(pair.premise), normalize(pair.hypothesis))
-            if key not in seen and key[0] != key[1]:
-                seen.add(key)
-                out.append(pair)
+            if key in seen or key[0] == key[1]:
+                continue
+            if pair.source == "neg_tier1":
+                if negative_texts[key[1]] >= NEG_TIER1_PER_TEXT:
+                    continue
+                negative_texts[key[1]] += 1
+            seen.add(key)
+            out.append(pair)
     return out
