@@ -301,3 +301,24 @@ def test_a_positive_that_says_a_tier_twice_is_sampled_again_then_rejected(run, t
     assert [r["reason"] for r in result.rejects.to_pylist()] == ["student_unparsable"]
     assert seen[0][0] is False and [len(s) for _, s in seen] == [2, 2, 1]  # greedy, then only the rows still broken
     assert result.stats["positive_resamples"] == 3
+
+
+def test_tier_1_never_says_breed_and_a_tier_1_negative_never_names_what_the_caption_shows(run, tmp_path):
+    table = pa.Table.from_pylist([{"id": "m", "caption": "A man holding a small dog.", "image_url": None, "source_file": "x.csv",
+                                   "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    overrides = {**STUDENT, "generate.negative_candidates": 3, "generate.negative_tries": 1, "generate.negative_edits": 0}
+    stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+
+    def student(sources, sample=False, seed=None, **kwargs):
+        if not sample:
+            return ["breed => small dog => man holding a dog"] * len(sources)
+        return ["person", "a dog", "vehicle"] * (len(sources) // 3)  # the first two are in the picture
+
+    stage._generate = student
+    stage._score = lambda sources, targets: [-float(len(t)) for t in targets]  # the shortest is the most likely
+    row = stage.process(ShardTask("generate", 0, (str(path),), 0, 1)).out.to_pylist()[0]
+    # reviewers reject "breed => dog" (a breed is no category of a dog): it becomes the category meant
+    assert row["positive"][:2] == ["animal", "small dog"]
+    assert row["negative"][0] == "vehicle"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarcaps.negatives import edit_candidates, words
+from hierarcaps.negatives import edit_candidates, tier1_compatible, words
 
 DOG = ["dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach at sunset."]
 
@@ -18,7 +18,9 @@ def test_each_tier_changes_only_what_it_adds_over_the_tier_before():
     assert all(c.endswith(" dog") and c != "brown dog" for c in edit_candidates(DOG, 2, rng()))  # "dog" (tier 1) is kept
     tier3 = edit_candidates(DOG, 3, rng(), limit=50)
     assert tier3 and all(c.startswith("brown dog ") for c in tier3)  # tier 2 stays whole, so the edit still entails it
-    assert "brown dog in a park" in tier3  # the place is swapped with its preposition, so it reads as English
+    assert "brown dog in a kitchen" in tier3  # the place is swapped with its preposition, so it reads as English
+    # an outdoor place becomes an indoor one: "on a beach" and "in a park" may both hold (a park by the sea)
+    assert not any(c.endswith(("in a park", "on a street", "in a forest")) for c in tier3)
     tier4 = edit_candidates(DOG, 4, rng(), limit=50)
     assert "A brown dog sits on the beach at sunset." in tier4 and "A brown dog runs on the beach at midnight." in tier4
     assert all("brown dog" in c and "beach" in c for c in tier4)  # tier 3's words are never the edited ones
@@ -53,3 +55,27 @@ def test_a_generic_category_changes_only_at_tier_1():
     assert "animal" in edit_candidates(positive, 1, rng()) and "food" not in edit_candidates(positive, 1, rng())
     # "a truck and a building" -> "... and a food" is no caption
     assert not any(c.endswith(("a food.", "an animal.", "a person.")) for c in edit_candidates(positive, 4, rng(), limit=50))
+
+
+def test_a_word_of_the_tier_before_is_kept_in_any_inflection_and_the_caption_s_words_are_never_brought_in():
+    # tier 2 says "sits": "sitting" is not what tier 3 adds, so it stays (else the edit no longer entails tier 2)
+    dog = ["dog", "dog sits", "dog sitting on a bench", "A dog sitting on a bench in a park."]
+    assert not any("sitting" not in c for c in edit_candidates(dog, 3, rng(), limit=50))
+    # "women" in the caption rules "woman" out as a new word
+    people = ["person", "man", "man with a dog", "Two men and two women walk a dog."]
+    assert not any("woman" in c.split() for c in edit_candidates(people, 2, rng(), limit=50))
+
+
+def test_a_sport_that_names_equipment_is_not_swapped():
+    tennis = ["sport", "tennis racket", "man holding a tennis racket", "A man holding a tennis racket."]
+    assert not any("racket" in c and "tennis" not in c for c in edit_candidates(tennis, 3, rng(), limit=50))
+    player = ["person", "tennis player", "tennis player on a court", "A tennis player on a court."]
+    assert any(c.endswith(" player") and "tennis" not in c for c in edit_candidates(player, 2, rng(), limit=50))
+
+
+def test_a_tier_1_negative_never_names_what_the_caption_shows():
+    caption = "A man holding a small white dog."
+    assert tier1_compatible("person", caption) and tier1_compatible("animal", caption) and tier1_compatible("dogs", caption)
+    assert not tier1_compatible("vehicle", caption) and not tier1_compatible("cat", caption)
+    options = edit_candidates(["animal", "dog", "man holding a dog", caption], 1, rng(), limit=50)
+    assert options and not {"person", "animal", "people"} & set(options)

@@ -38,7 +38,7 @@ from hierarcaps.checks import normalize, restates
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.engines.nli import content_words
 from hierarcaps.judge import Judge, negative_tier_pairs, rule_pairs
-from hierarcaps.negatives import edit_candidates
+from hierarcaps.negatives import edit_candidates, tier1_compatible
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
 from hierarcaps.stats import Stats
@@ -59,6 +59,15 @@ def parse_general_tiers(text: str, caption: str | None = None) -> list[str] | No
 def adds_content_each_tier(positive: list[str]) -> bool:
     """Every tier has a content word the tier before lacks ("dog => a dog" says nothing new)."""
     return all(content_words(b) - content_words(a) for a, b in zip(positive, positive[1:]))
+
+
+# Tier-1 words the original pipeline uses in a sense reviewers reject ("breed => sheep", "breed => bear shaped cake"),
+# and the category they mean there.
+TIER1_MENDS = {"breed": "animal", "breeds": "animals"}
+
+
+def mend_tier1(tiers: list[str] | None) -> list[str] | None:
+    return [TIER1_MENDS.get(normalize(tiers[0]), tiers[0]), *tiers[1:]] if tiers else tiers
 
 
 def first_tier(text: str) -> str:
@@ -183,6 +192,7 @@ class GenerateStage(Stage):
                                    top_p=self.cfg.negative_top_p, seed=[row_seed(self.cfg.seed, rows[i]["id"], 0, attempt) for i in bad])
             for i, text in zip(bad, again):
                 parsed[i] = (text, parse_general_tiers(text, rows[i]["caption"]))
+        parsed = [(text, mend_tier1(tiers)) for text, tiers in parsed]
         if self.cfg.judge and self.cfg.positive_candidates > 1:
             self._judge_positives(rows, sources, parsed, stats)
         return parsed
@@ -197,7 +207,7 @@ class GenerateStage(Stage):
                                  seed=[row_seed(self.cfg.seed, r["id"], 0, 100 + j) for r in rows for j in range(k)])
         options = []
         for n, row in enumerate(rows):
-            extra = [(t, tiers) for t in sampled[n * k : (n + 1) * k] if (tiers := parse_general_tiers(t, row["caption"]))]
+            extra = [(t, tiers) for t in sampled[n * k : (n + 1) * k] if (tiers := mend_tier1(parse_general_tiers(t, row["caption"])))]
             seen, mine = set(), []
             for text, tiers in [parsed[n], *extra]:
                 key = tuple(map(normalize, tiers)) if tiers else None
@@ -248,7 +258,8 @@ class GenerateStage(Stage):
             for n, row in enumerate(pending):
                 drawn = texts[n * k : (n + 1) * k]
                 firsts = [c for c in (first_tier(t) for t in drawn) if c]
-                usable = [c for c in dict.fromkeys(firsts) if not restates(c, row["positive"][tier - 1])]
+                usable = [c for c in dict.fromkeys(firsts) if not restates(c, row["positive"][tier - 1])
+                          and not (tier == 1 and tier1_compatible(c, row["caption"]))]
                 if attempt == 0 and self.cfg.negative_edits:
                     edits = self._edits(row, tier)
                     stats.add("negative_edit_candidates", len(edits))
