@@ -79,3 +79,12 @@ def test_a_tier_1_negative_never_names_what_the_caption_shows():
     assert not tier1_compatible("vehicle", caption) and not tier1_compatible("cat", caption)
     options = edit_candidates(["animal", "dog", "man holding a dog", caption], 1, rng(), limit=50)
     assert options and not {"person", "animal", "people"} & set(options)
+
+
+def test_a_listed_word_and_a_verb_without_its_object_are_not_changed():
+    trucks = ["vehicle", "trucks", "trucks in a parking lot", "A group of trucks and cars parked in a parking lot."]
+    assert not any("trucks and" in c and "cars" not in c for c in edit_candidates(trucks, 4, rng(), limit=50))
+    snow = ["person", "people on snow", "people riding on a snowy surface", "People riding on a snowy surface."]
+    assert not any(w in c for c in edit_candidates(snow, 3, rng(), limit=50) for w in ("washing", "selling", "repairing"))
+    bike = ["person", "man with a bike", "man riding a bike", "A man riding a bike."]
+    assert any("pushing a bike" in c or "washing a bike" in c for c in edit_candidates(bike, 3, rng(), limit=50))

@@ -53,14 +53,19 @@ _COCO = (
     ("toilet", "sink", "bathtub", "shower", "mirror"),
     ("bed", "couch", "table", "chair", "bench", "desk"),
     ("clock tower", "church", "bridge", "lighthouse", "skyscraper"),
+    ("stop sign", "traffic light", "fire hydrant", "parking meter"),
+    ("microwave", "oven", "refrigerator", "toaster", "dishwasher"),
+    ("cattle", "goats", "pigs", "ducks", "horses"),
 )
 # What people and animals do: swapped only in a text about one ("a pizza sitting on a plate" cannot walk).
 ACTIONS = (
     # not "flying": mostly transitive in captions ("flying a kite" -> "swimming a kite")
     *(tuple(w for w in group if w != "flying") for group in edits.EXCLUSIVE_GROUPS["action"]),
-    ("riding", "pushing", "washing", "repairing", "selling"),
-    ("eating", "cooking", "cutting", "throwing"),
-    ("holding", "throwing", "dropping", "kicking"),
+    *(_TRANSITIVE_GROUPS := (
+        ("riding", "pushing", "washing", "repairing", "selling"),
+        ("eating", "cooking", "cutting", "throwing"),
+        ("holding", "throwing", "dropping", "kicking"),
+    )),
     ("smiling", "crying", "yelling"),
 )
 ANIMATE = frozenset(w for kind in ("person", "animal") for group in edits.EXCLUSIVE_GROUPS[kind] for w in group) | {
@@ -76,6 +81,13 @@ GROUPS: tuple[tuple[str, ...], ...] = (
     *ACTIONS,
 )
 _ACTION_WORDS = frozenset(w for group in ACTIONS for w in group)
+# Verbs that need an object: not changed where the text uses them without one ("riding on the snow" -> "washing on ...").
+_TRANSITIVE = frozenset(w for group in _TRANSITIVE_GROUPS for w in group)
+_NO_OBJECT = re.compile(r"\s+(?:in|on|at|near|by|down|up|through|over|along|across|into|onto|past|around|toward|towards|to|with|away)\b", re.IGNORECASE)
+# A word in a list ("trucks and cars") is not changed: "trucks and motorcycles" may be true of the same picture.
+_LISTED_BEFORE = re.compile(r"(?:\band|,)\s+(?:(?:a|an|the|some|two|three)\s+)?$", re.IGNORECASE)
+_LISTED_AFTER = re.compile(r"\s*(?:,|and\b)", re.IGNORECASE)
+_COLOUR_WORDS = frozenset(edits.COLOURS)
 # Tier 1's generic concepts, used only at tier 1 ("a truck and a building" -> "... and a food" is no caption): a tier 1
 # is changed into another category that nothing in the caption belongs to. Each category with the tier-1 texts that
 # name it and the words that put it in a caption ("a man on a bus": neither "person" nor "vehicle" contradicts it).
@@ -238,6 +250,10 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         if old in _ACTION_WORDS and not words(text) & ANIMATE:
             continue
         if old in _SPORT_WORDS and _SPORT_THINGS.match(text, m.end()):
+            continue
+        if old in _TRANSITIVE and _NO_OBJECT.match(text, m.end()):
+            continue
+        if old not in _COLOUR_WORDS and (_LISTED_BEFORE.search(text[: m.start()]) or _LISTED_AFTER.match(text, m.end())):
             continue
         others = [w for w in VOCAB[old] if not lemmas(w) & taken]
         if others:
