@@ -156,3 +156,19 @@ def test_distill_fine_tunes_the_start_on_accepted_seeds_or_keeps_it_when_there_a
     # the generate stage reads it without knowing its kind
     loaded, tok = load_student(model_dir)
     assert len(student_generate(loaded, tok, ["s2g: a dog on a beach", negative_source(POS, 2)], max_new_tokens=6, max_source_len=128)) == 2
+
+
+def test_judged_training_keeps_only_the_positives_and_negative_tiers_the_offline_judge_accepts():
+    from hierarcaps.nli.pairs import Hierarchy
+    from hierarcaps.student.train import judge_hierarchies, training_pairs
+
+    # the second row's negative tiers 2-4 repeat or refine their positive tier: none of them contradicts it
+    refined = ["cat", "brown dog", "brown dog on a beach near the sea", "A brown dog runs on the beach at sunset near the sea."]
+    rows = [Hierarchy(0, "u0", tuple(POS), tuple(NEG)), Hierarchy(1, "u1", tuple(POS), tuple(refined))]
+    accepted = judge_hierarchies(rows, threads=1)
+    assert accepted[0][0] and accepted[1][0]  # the same positive hierarchy, entailed at every tier
+    assert accepted[1][2:] == [False, False, False] and accepted[0][2]  # "black dog" contradicts "brown dog"
+    kept = training_pairs(rows, 2, accepted)
+    assert kept.count(PAIRS[0]) == 4  # s2g, repeated twice per row
+    assert ("neg: dog | brown dog", "black dog") in kept and ("neg: dog | brown dog", "brown dog") not in kept
+    assert len(training_pairs(rows, 2)) == 2 * (2 + 4)

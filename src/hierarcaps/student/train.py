@@ -10,6 +10,11 @@ rule (nli/pairs.py: sha256 of the image URL, 80 / 10 / 10 train / dev / eval); t
 reads a fixed sample of dev, and the eval images are never read here (the quality bench draws its captions from them).
 The training loop is the distill stage's (engines/seq2seq_train.py): resumable, and bit for bit the same on the same
 machine, torch build and thread count.
+
+`--judged` (issue #18) keeps only what the offline judge (the filter's NLI, `judge.Judge`) accepts: a caption -> tiers
+pair when the caption and each tier entail the tier before, a negative tier when it contradicts positive tier i and
+entails positive tier i-1. Reviewers found most of the original pipeline's negative tiers 2-4 compatible with their
+positive; a student trained on all of them learns to write compatible ones.
 """
 
 from __future__ import annotations
@@ -36,12 +41,31 @@ DIRECTIONS = (S2G, NEG)  # what the generate stage asks of the student; g2s pair
 EVAL_PAIRS = 400
 
 
-def training_pairs(hierarchies, s2g_repeat: int) -> list[tuple[str, str]]:
+def training_pairs(hierarchies, s2g_repeat: int, accepted: dict | None = None) -> list[tuple[str, str]]:
+    """(source, target) pairs in a fixed order; with `accepted` (row -> [positive ok, negative tier 1..4 ok]) only
+    the accepted ones."""
     out = []
     for h in hierarchies:
-        for p in hierarchy_pairs(str(h.row), list(h.positive), list(h.negative), DIRECTIONS):
-            out += [(p["source_text"], p["target_text"])] * (s2g_repeat if p["direction"] == S2G else 1)
+        keep = accepted[h.row] if accepted is not None else [True] * 5
+        pairs = hierarchy_pairs(str(h.row), list(h.positive), list(h.negative), DIRECTIONS)
+        for p, tier in zip(pairs, [0] * (S2G in DIRECTIONS) + list(range(1, 5))):
+            if keep[tier]:
+                out += [(p["source_text"], p["target_text"])] * (s2g_repeat if p["direction"] == S2G else 1)
     return out
+
+
+def judge_hierarchies(hierarchies, threads: int) -> dict:
+    """row -> [positive side passes, negative tier 1..4 passes] by the offline profile's judge (one NLI pass)."""
+    from hierarcaps.config import load_profile
+    from hierarcaps.engines.runtime import torch_threads
+    from hierarcaps.judge import Judge, negative_tier_pairs, rule_pairs
+
+    judge = Judge(load_profile("offline"))
+    groups = [group for h in hierarchies for group in
+              [rule_pairs(list(h.positive), None)] + [negative_tier_pairs(list(h.positive), t, h.negative[t - 1]) for t in range(1, 5)]]
+    with torch_threads(threads):
+        margins = judge.margins(groups)
+    return {h.row: [m >= 0 for m in margins[5 * k : 5 * k + 5]] for k, h in enumerate(hierarchies)}
 
 
 def train_start(
@@ -54,6 +78,7 @@ def train_start(
     s2g_repeat: Annotated[int, Opt("copies of each caption -> tiers pair")] = 2,
     seed: Annotated[int, Opt("seeds the adapter init, batch order and dropout")] = 0,
     threads: Annotated[int, Opt("torch CPU threads (bit-for-bit reproduction needs the same count)")] = 2,
+    judged: Annotated[bool, Opt("train only on what the offline judge accepts: entailed positives, contradicting negatives")] = False,
     student: StudentConfig | None = None,
 ) -> dict:
     """Train the adapter into `out` (adapter + tokenizer + student.json + card.json) and return the card. `work` holds
@@ -72,8 +97,9 @@ def train_start(
     student = (student or StudentConfig(kind="causal-lora")).model_copy(update={"start": None, "threads": threads})
     hierarchies = nli_pairs.load_hierarchies(data)
     splits = nli_pairs.split_hierarchies(hierarchies)
-    train = training_pairs(splits["train"], s2g_repeat)
-    dev = training_pairs(splits["dev"], 1)
+    accepted = judge_hierarchies(splits["train"] + splits["dev"], threads) if judged else None
+    train = training_pairs(splits["train"], s2g_repeat, accepted)
+    dev = training_pairs(splits["dev"], 1, accepted)
     evaluate = random.Random(seed).sample(dev, min(EVAL_PAIRS, len(dev)))
     cfg = DistillConfig(student=student, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                         checkpoint_every=max(1, min(40, steps)), keep_checkpoints=1, eval_fraction=0.0,
@@ -81,6 +107,13 @@ def train_start(
     data_sha = nli_pairs.file_sha256(Path(data))
     hyper = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "s2g_repeat": s2g_repeat, "seed": seed,
              "threads": threads, "directions": list(DIRECTIONS), "student": student.model_dump(mode="json")}
+    if judged:
+        from hierarcaps.engines.minilm_nli import MINILM_NLI
+
+        hyper["judged_by"] = {"nli": "minilm-nli", "weights_sha256": json.loads((MINILM_NLI / "card.json").read_text())["weights_sha256"],
+                              "accepted": {"positive": sum(a[0] for a in accepted.values()),
+                                           **{f"negative_{t}": sum(a[t] for a in accepted.values()) for t in range(1, 5)}},
+                              "of": len(accepted)}
     fingerprint = hashlib.sha256(json.dumps({"data": data_sha, **hyper, "code": __version__}, sort_keys=True).encode()).hexdigest()
     log.info("student start: %d train pairs (%d hierarchies), %d eval pairs, %d steps of %d", len(train), len(splits["train"]),
              len(evaluate), steps, batch_size)
@@ -120,7 +153,7 @@ def train_start(
         "torch": torch.__version__,
         "adapter_sha256": shards.sha256_file(tmp / "adapter_model.safetensors"),
         "reproduce": (f"hierarcaps train-student --out {out.name} --steps {steps} --batch-size {batch_size} --lr {learning_rate} "
-                      f"--s2g-repeat {s2g_repeat} --seed {seed} --threads {threads}"),
+                      f"--s2g-repeat {s2g_repeat} --seed {seed} --threads {threads}" + (" --judged" if judged else "")),
     }
     shards.atomic_write_json(tmp / "card.json", card)
     shutil.rmtree(out, ignore_errors=True)
