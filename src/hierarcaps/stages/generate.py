@@ -3,6 +3,7 @@
 - positive: s2g on the caption ("s2g: <caption>" -> "t1 => t2 => t3"), greedy or beam (`generate.num_beams`);
   positive = [t1, t2, t3, caption]. Output that is not three distinct non-empty tiers (other than the caption) is
   sampled again (`positive_tries`, `positive_temperature`), then rejected (`student_unparsable`, raw text kept).
+  A tier 1 in a sense reviewers reject is mended (`TIER1_MENDS`: "breed => sheep" -> "animal => sheep").
 - negative: for tier i = 1..4, the neg direction from positive tiers 1..i-1 and the positive tier i it must
   contradict ("neg: t1 => ... => t(i-1) | p_i"), *sampled* (`negative_temperature`, `negative_top_p`). A sample
   equal to positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own
@@ -11,7 +12,8 @@
   With `negative_candidates` > 1 each try draws that many samples per row.
 - contradictions by construction (issue #18, `negative_edits` > 0): minimal edits of positive tier i that change only
   what it adds over tier i-1 (`hierarcaps.negatives`: another colour, category member, number, place, action...) join
-  the student's usable samples as candidates.
+  the student's usable samples as candidates. A tier-1 candidate that names what the caption shows ("person" for a
+  caption about a man) is never one (`negatives.tier1_compatible`).
 - choice: with `judge`, the filter's judge scores every candidate (contradicts positive tier i, entails positive tier
   i-1, at the filter's thresholds); of those that pass, edits before samples, the one the student finds most likely
   (mean log-probability: fluency) is kept; a tier where none passes is sampled again, and after the last try the candidate
