@@ -56,6 +56,8 @@ _COCO = (
     ("stop sign", "traffic light", "fire hydrant", "parking meter"),
     ("microwave", "oven", "refrigerator", "toaster", "dishwasher"),
     ("cattle", "goats", "pigs", "ducks", "horses"),
+    ("pigeon", "seagull", "duck", "parrot", "owl", "eagle", "swan", "humming bird"),
+    ("desktop computer", "laptop", "tablet"),
 )
 # What people and animals do: swapped only in a text about one ("a pizza sitting on a plate" cannot walk).
 ACTIONS = (
