@@ -84,6 +84,9 @@ def test_a_tier_1_negative_never_names_what_the_caption_shows():
 def test_a_listed_word_and_a_verb_without_its_object_are_not_changed():
     trucks = ["vehicle", "trucks", "trucks in a parking lot", "A group of trucks and cars parked in a parking lot."]
     assert not any("trucks and" in c and "cars" not in c for c in edit_candidates(trucks, 4, rng(), limit=50))
+    ocean = ["water", "ocean", "people in the ocean", "People swimming in the ocean with a red surfboard."]
+    assert not any("surfboard" not in c for c in edit_candidates(ocean, 4, rng(), limit=50))
+    assert any("with a blue surfboard" in c for c in edit_candidates(ocean, 4, rng(), limit=50))
     snow = ["person", "people on snow", "people riding on a snowy surface", "People riding on a snowy surface."]
     assert not any(w in c for c in edit_candidates(snow, 3, rng(), limit=50) for w in ("washing", "selling", "repairing"))
     bike = ["person", "man with a bike", "man riding a bike", "A man riding a bike."]
