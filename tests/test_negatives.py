@@ -61,6 +61,10 @@ def test_a_word_of_the_tier_before_is_kept_in_any_inflection_and_the_caption_s_w
     # tier 2 says "sits": "sitting" is not what tier 3 adds, so it stays (else the edit no longer entails tier 2)
     dog = ["dog", "dog sits", "dog sitting on a bench", "A dog sitting on a bench in a park."]
     assert not any("sitting" not in c for c in edit_candidates(dog, 3, rng(), limit=50))
+    kitchen = ["person", "man", "a man in a kitchen", "A shot of an elderly man inside a kitchen."]
+    assert not any("outside" in c for c in edit_candidates(kitchen, 4, rng(), limit=50))  # "inside" says tier 3's "in"
+    bus = ["vehicle", "bus", "bus on a street", "A public transit bus on a city street."]
+    assert not any("street" in c and "city" not in c for c in edit_candidates(bus, 4, rng(), limit=50))
     # "women" in the caption rules "woman" out as a new word
     people = ["person", "man", "man with a dog", "Two men and two women walk a dog."]
     assert not any("woman" in c.split() for c in edit_candidates(people, 2, rng(), limit=50))

@@ -173,6 +173,13 @@ def words(text: str) -> set[str]:
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in _WORD.findall(text.lower())}
 
 
+# Words that say what another says: "inside" keeps tier i-1's "in" ("in a kitchen" -> "outside a kitchen" no longer
+# entails it).
+_SAME = {"inside": "in", "atop": "on", "within": "in"}
+# A place that modifies another place is not one ("on a city street" -> "in a restaurant street").
+_PLACE_COMPOUND = re.compile(r"\s+(?:%s)\b" % "|".join(map(re.escape, PLACES)), re.IGNORECASE)
+
+
 def lemmas(text: str) -> set[str]:
     """words() plus every lemma of each word ("sits", "sitting" -> "sit"; "women" -> "woman"), so a word of tier i-1
     is kept, and a word of the caption is not brought in, in any inflection."""
@@ -181,7 +188,7 @@ def lemmas(text: str) -> set[str]:
     out = words(text)
     for word in _WORD.findall(text.lower()):
         out.update(lemma for forms in getAllLemmas(word).values() for lemma in forms)
-    return out
+    return out | {_SAME[w] for w in out if w in _SAME}
 
 
 def tier1_options(caption: str, current: str) -> list[str]:
@@ -239,7 +246,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
     spans: list[tuple[int, int]] = []
     for m in _PLACE_RE.finditer(text):
         noun = m.group(1).lower()
-        if words(noun) & keep:
+        if words(noun) & keep or _PLACE_COMPOUND.match(text, m.end()):
             continue
         others = [PLACES[p] for p in (NEW_PLACES if noun in INDOOR else INDOOR) if p != noun and not words(p) & taken]
         spans.append((m.start(), m.end()))
