@@ -119,6 +119,11 @@ class Judge:
             chosen.update({k: None if card[k] is None else float(card[k]) for k in chosen if k in card})
         return chosen
 
+    @cached_property
+    def column_thresholds(self) -> dict[int, float]:
+        """The threshold per NLI column a rule needs (entailment, contradiction)."""
+        return {ENTAILMENT: self.thresholds["entail"], CONTRADICTION: self.thresholds["contradict"]}
+
     def fingerprint_parts(self) -> dict[str, Any]:
         parts: dict[str, Any] = {"nli_model": self.nli_id, "nli_rules": RULES_VERSION}
         if self.checks.copied_example:
@@ -166,12 +171,12 @@ class Judge:
         """For each group of `rule_pairs`-style pairs, how far its weakest pair is above its rule's threshold (>= 0:
         every pair passes), from one NLI pass over the distinct pairs. The joint rule is not part of it."""
         scores = score_pairs(self.nli, [(p, h) for pairs in groups for _, _, p, h in pairs])
-        thresholds = {ENTAILMENT: self.thresholds["entail"], CONTRADICTION: self.thresholds["contradict"]}
+        thresholds = self.column_thresholds
         return [min(float(scores[(p, h)][REQUIRED[rule]]) - thresholds[REQUIRED[rule]] for rule, _, p, h in pairs) for pairs in groups]
 
     def _nli(self, pairs: list[tuple[str, int, str, str]], scores: dict, stats: Stats) -> tuple[tuple[str, dict] | None, dict]:
         """Evaluate every rule on one row; count per rule and per (rule, tier); return the first failure and mins."""
-        thresholds = {ENTAILMENT: self.thresholds["entail"], CONTRADICTION: self.thresholds["contradict"]}
+        thresholds = self.column_thresholds
         failures: dict[str, dict] = {}
         mins = {"min_entail": None, "min_contradict": None}
         required: list[tuple] = []  # (P(required label), rule, tier, premise, hypothesis, column) for the joint rule

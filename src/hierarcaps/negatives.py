@@ -60,15 +60,17 @@ _COCO = (
     ("pigeon", "seagull", "duck", "parrot", "owl", "eagle", "swan", "humming bird"),
     ("desktop computer", "laptop", "tablet"),
 )
+# Actions that need an object ("riding a bike"); see _NO_OBJECT.
+_TRANSITIVE_GROUPS = (
+    ("riding", "pushing", "washing", "repairing", "selling"),
+    ("eating", "cooking", "cutting", "throwing"),
+    ("holding", "throwing", "dropping", "kicking"),
+)
 # What people and animals do: swapped only in a text about one ("a pizza sitting on a plate" cannot walk).
 ACTIONS = (
     # not "flying": mostly transitive in captions ("flying a kite" -> "swimming a kite")
     *(tuple(w for w in group if w != "flying") for group in edits.EXCLUSIVE_GROUPS["action"]),
-    *(_TRANSITIVE_GROUPS := (
-        ("riding", "pushing", "washing", "repairing", "selling"),
-        ("eating", "cooking", "cutting", "throwing"),
-        ("holding", "throwing", "dropping", "kicking"),
-    )),
+    *_TRANSITIVE_GROUPS,
     ("smiling", "crying", "yelling"),
 )
 ANIMATE = frozenset(w for kind in ("person", "animal") for group in edits.EXCLUSIVE_GROUPS[kind] for w in group) | {

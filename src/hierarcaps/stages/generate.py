@@ -68,7 +68,9 @@ def adds_content_each_tier(positive: list[str]) -> bool:
 TIER1_MENDS = {"breed": "animal", "breeds": "animals"}
 
 
-def mend_tier1(tiers: list[str] | None) -> list[str] | None:
+def positive_tiers(text: str, caption: str) -> list[str] | None:
+    """The s2g output's three tiers (`parse_general_tiers`), tier 1 mended (`TIER1_MENDS`); None if not a hierarchy."""
+    tiers = parse_general_tiers(text, caption)
     return [TIER1_MENDS.get(normalize(tiers[0]), tiers[0]), *tiers[1:]] if tiers else tiers
 
 
@@ -184,7 +186,7 @@ class GenerateStage(Stage):
         sampled again, up to `positive_tries` in all, each row and try with its own seed."""
         sources = [source_text(S2G, [r["caption"]]) for r in rows]
         texts = self._generate(sources, num_beams=self.cfg.num_beams)
-        parsed = [(text, parse_general_tiers(text, row["caption"])) for row, text in zip(rows, texts)]
+        parsed = [(text, positive_tiers(text, row["caption"])) for row, text in zip(rows, texts)]
         for attempt in range(1, self.cfg.positive_tries):
             bad = [i for i, (_, tiers) in enumerate(parsed) if tiers is None]
             if not bad:
@@ -193,8 +195,7 @@ class GenerateStage(Stage):
             again = self._generate([sources[i] for i in bad], sample=True, temperature=self.cfg.positive_temperature,
                                    top_p=self.cfg.negative_top_p, seed=[row_seed(self.cfg.seed, rows[i]["id"], 0, attempt) for i in bad])
             for i, text in zip(bad, again):
-                parsed[i] = (text, parse_general_tiers(text, rows[i]["caption"]))
-        parsed = [(text, mend_tier1(tiers)) for text, tiers in parsed]
+                parsed[i] = (text, positive_tiers(text, rows[i]["caption"]))
         if self.cfg.judge and self.cfg.positive_candidates > 1:
             self._judge_positives(rows, sources, parsed, stats)
         return parsed
@@ -209,7 +210,7 @@ class GenerateStage(Stage):
                                  seed=[row_seed(self.cfg.seed, r["id"], 0, 100 + j) for r in rows for j in range(k)])
         options = []
         for n, row in enumerate(rows):
-            extra = [(t, tiers) for t in sampled[n * k : (n + 1) * k] if (tiers := mend_tier1(parse_general_tiers(t, row["caption"])))]
+            extra = [(t, tiers) for t in sampled[n * k : (n + 1) * k] if (tiers := positive_tiers(t, row["caption"]))]
             seen, mine = set(), []
             for text, tiers in [parsed[n], *extra]:
                 key = tuple(map(normalize, tiers)) if tiers else None

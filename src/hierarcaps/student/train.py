@@ -47,9 +47,10 @@ def training_pairs(hierarchies, s2g_repeat: int, accepted: dict | None = None) -
     out = []
     for h in hierarchies:
         keep = accepted[h.row] if accepted is not None else [True] * 5
-        pairs = hierarchy_pairs(str(h.row), list(h.positive), list(h.negative), DIRECTIONS)
-        for p, tier in zip(pairs, [0] * (S2G in DIRECTIONS) + list(range(1, 5))):
-            if keep[tier]:
+        tier = 0  # hierarchy_pairs gives the neg pairs in tier order; other directions follow the positive's verdict
+        for p in hierarchy_pairs(str(h.row), list(h.positive), list(h.negative), DIRECTIONS):
+            tier += p["direction"] == NEG
+            if keep[tier if p["direction"] == NEG else 0]:
                 out += [(p["source_text"], p["target_text"])] * (s2g_repeat if p["direction"] == S2G else 1)
     return out
 
