@@ -3,6 +3,7 @@
     python bench/build_quality.py                      # eval split: the figures in bench/README.md and the README
     python bench/build_quality.py --split dev --set generate.negative_temperature=0.9   # choosing settings
     python bench/build_quality.py --offset 100 --out runs/fresh   # the next 100 images: rows no review has read
+    python bench/build_quality.py --caption 1 --out runs/fresh    # each image's second caption
 
 Captions: one per image of the development share's `eval` split (by image, the NLI stand-in's rule; that split is
 never read by the NLI stand-in's or the student's training), the first 100 images in sha256 order. The whole offline
@@ -35,13 +36,14 @@ TARGETS = {"accepted": 75, "caption_words_t2": 0.6, "caption_words_t3": 0.6, "di
            "repeat_pos": 0.10, "repeat_neg": 0.12, "nonword_pos": 0.04, "nonword_neg": 0.15}
 
 
-def held_out(split: str, n: int, offset: int = 0) -> list:
-    """One hierarchy per image of `split`, `n` images by sha256 of the URL from `offset` on (the first row of each)."""
-    first = {}
+def held_out(split: str, n: int, offset: int = 0, caption: int = 0) -> list:
+    """One hierarchy per image of `split`, `n` images by sha256 of the URL from `offset` on: the `caption`-th row of each
+    (images with fewer rows are skipped)."""
+    by_image: dict[str, list] = {}
     for h in split_hierarchies(load_hierarchies(DEFAULT_DATA))[split]:
-        first.setdefault(h.image_url, h)
-    images = sorted(first, key=lambda url: hashlib.sha256(url.encode()).hexdigest())[offset : offset + n]
-    return [first[url] for url in images]
+        by_image.setdefault(h.image_url, []).append(h)
+    images = sorted((url for url, rows in by_image.items() if len(rows) > caption), key=lambda url: hashlib.sha256(url.encode()).hexdigest())
+    return [by_image[url][caption] for url in images[offset : offset + n]]
 
 
 def caption_word_share(tier: str, caption: str) -> float:
@@ -80,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", choices=("dev", "eval"), default="eval")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--offset", type=int, default=0, help="skip the first images: a fresh set once a review has read the first")
+    ap.add_argument("--caption", type=int, default=0,
+                    help="take each image's N-th hierarchy: fresh captions of images whose first caption a review has read")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="profile override a.b=v (repeatable)")
     ap.add_argument("--examples", type=int, default=10)
@@ -87,7 +91,7 @@ def main(argv=None) -> int:
     from hierarcaps.config import parse_override
 
     overrides = dict(parse_override(item) for item in args.overrides)
-    picked = held_out(args.split, args.n, args.offset)
+    picked = held_out(args.split, args.n, args.offset, args.caption)
     run = args.out / f"{args.split}-build"
     run.mkdir(parents=True, exist_ok=True)
     captions = args.out / f"{args.split}-captions.parquet"

@@ -37,6 +37,7 @@ STUDENT = {
     "input.rows_per_shard": 4,
     # the student's own samples only (the edits and the judged choice have their own test below)
     "generate.negative_edits": 0,
+    "generate.negative_infill": 0,
     "generate.judge": False,
     "generate.positive_candidates": 1,
 }
@@ -242,6 +243,40 @@ def test_judged_negatives_keep_the_fluent_candidate_that_contradicts_and_entails
     assert result.stats["negative_from_edit"] == 1 and result.stats["negative_unjudged"] == 3
     assert GenerateStage(load_profile("offline", overrides=overrides), run).fingerprint() != GenerateStage(
         load_profile("offline", overrides={**overrides, "filter.nli.contradict_threshold": 0.7}), run).fingerprint()
+
+
+def test_a_place_the_student_proposes_fills_a_tier_no_edit_covers_and_beats_a_sample(run, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from hierarcaps.engines import student_lm
+
+    table = pa.Table.from_pylist([{"id": "z", "caption": "Two zebras standing in a field at noon.", "image_url": None, "source_file": "x.csv",
+                                   "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    overrides = {**STUDENT, "generate.negative_tries": 1, "generate.negative_infill": 3, "generate.judge": True}
+    stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+    prompts = []
+
+    def proposals(model, tokenizer, texts, **kwargs):
+        prompts.extend(texts)
+        return [["meadow", "whites", "field", "desert", "lake", "ocean"] for _ in texts]
+
+    monkeypatch.setattr(student_lm, "next_words", proposals)
+    stage.__dict__["student"] = (SimpleNamespace(config=SimpleNamespace(is_encoder_decoder=False)), None)
+    stage._generate = lambda sources, sample=False, **kwargs: ["animal => zebras => zebras standing in a field"] * len(sources) if not sample else ["sampled"] * len(sources)
+    stage._score = lambda sources, targets: [-float(len(t)) for t in targets]  # "sampled" is the most fluent
+    C, N = TierNLI.CONTRA, TierNLI.NEUTRAL
+    field = "zebras standing in a field"
+    nli = TierNLI({(field, "zebras standing in a meadow"): N, (field, "zebras standing in a desert"): C,
+                   (field, "zebras standing in a lake"): C, (field, "sampled"): C})
+    stage.__dict__["judge"] = Judge(stage.profile, nli=nli)
+    negative = stage.process(ShardTask("generate", 0, (str(path),), 0, 1)).out.to_pylist()[0]["negative"]
+    # the place noun is the slot; "whites" (plural) and "field" (the caption's) are never used; of the rest the
+    # judge rejects "meadow" (compatible) and, of the two it accepts, the student's more fluent is kept
+    assert prompts == ["Kinds of animal: zebras,", "zebras standing in a", "Two zebras standing in a field at"]
+    assert negative[2] == "zebras standing in a lake"
+    assert (field, "zebras standing in a meadow") in nli.pairs and (field, "zebras standing in an ocean") not in nli.pairs
 
 
 def test_judged_positives_keep_a_candidate_whose_tiers_are_entailed_and_add_content(run, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarcaps.negatives import edit_candidates, tier1_compatible, words
+from hierarcaps.negatives import edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, tier1_compatible, words
 
 DOG = ["dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach at sunset."]
 
@@ -95,3 +95,39 @@ def test_a_listed_word_and_a_verb_without_its_object_are_not_changed():
     assert not any(w in c for c in edit_candidates(snow, 3, rng(), limit=50) for w in ("washing", "selling", "repairing"))
     bike = ["person", "man with a bike", "man riding a bike", "A man riding a bike."]
     assert any("pushing a bike" in c or "washing a bike" in c for c in edit_candidates(bike, 3, rng(), limit=50))
+
+
+def test_what_a_with_phrase_adds_is_taken_away():
+    bathroom = ["room", "bathroom", "bathroom with a mirror", "A small bathroom with a mirror and a sink."]
+    assert "bathroom without a mirror" in edit_candidates(bathroom, 3, rng(), limit=50)
+    # not where the tier before names the thing (the negative would no longer entail it), after "filled", or "with no"
+    station = ["vehicle", "train", "train station with a train", "A train station with a train at the platform."]
+    assert not any("without" in c for c in edit_candidates(station, 3, rng(), limit=50))
+    box = ["container", "box", "box filled with apples", "A box filled with apples with no lid."]
+    assert not any("without" in c for t in (3, 4) for c in edit_candidates(box, t, rng(), limit=50))
+
+
+def test_a_language_model_fills_only_nouns_that_locate_or_a_one_noun_tier_2():
+    bird = ["animal", "bird", "bird standing in the grass next to a fire hydrant", "A bird standing in the grass next to a fire hydrant."]
+    slots = [bird[2][s:e] for s, e in infill_slots(bird, 3)]
+    assert slots == ["grass"]  # not "hydrant" ("next to" does not place it), "fire" (a modifier), nor "bird" (tier 2's)
+    assert [bird[1][s:e] for s, e in infill_slots(bird, 2)] == ["bird"] and infill_prompt(bird, 2, 0, 4) == "Kinds of animal: bird,"
+    assert infill_prompt(bird, 3, *infill_slots(bird, 3)[0]) == "bird standing in the"
+    assert infill_slots(["vehicle", "red car", "red car on a street", "A red car on a street."], 2) == []  # two words
+
+
+def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
+    dog = ["dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach near the water at sunset."]
+    start = dog[2].index("beach")
+    edits = infill_edits(dog, 3, start, start + 5, ["water", "white", "beaches", "thing", "xqzv", "running", "sofa", "park", "field"], limit=2)
+    # "water" is the caption's, "white" an adjective, "beaches" plural, "thing" generic, "xqzv" no word, "running" no noun
+    assert edits == ["brown dog on a sofa", "brown dog on a park"]
+
+
+def test_tier_1_becomes_a_category_of_tier_2_where_it_is_none():
+    mended = {("water", "fire hydrant"): "hydrant", ("sport", "horse"): "animal", ("place", "bench"): "furniture",
+              ("board", "snowboarder"): "person", ("breed", "goats"): "animal"}
+    kept = [("room", "bathroom with a toilet"), ("fruit", "bananas"), ("person", "man in a kitchen"), ("horse", "brown horse"),
+            ("transportation vehicle", "bus"), ("water", "wave"), ("place", "furniture")]  # the last: no category, or tier 2's
+    assert {pair: grounded_tier1(*pair) for pair in mended} == mended
+    assert [grounded_tier1(*pair) for pair in kept] == [t1 for t1, _ in kept]

@@ -172,3 +172,21 @@ def test_judged_training_keeps_only_the_positives_and_negative_tiers_the_offline
     assert kept.count(PAIRS[0]) == 4  # s2g, repeated twice per row
     assert ("neg: dog | brown dog", "black dog") in kept and ("neg: dog | brown dog", "brown dog") not in kept
     assert len(training_pairs(rows, 2)) == 2 * (2 + 4)
+
+
+def test_next_words_are_the_model_s_likeliest_word_starts_whatever_the_batch(tiny_base):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hierarcaps.engines.student_lm import next_words
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base).eval(), AutoTokenizer.from_pretrained(tiny_base)
+    prompts = ["a brown dog on a", "neg: dog | brown dog on the beach in the", "dog"]
+    together = next_words(model, tokenizer, prompts, top_k=50)
+    # left padding: a prompt gets the same words beside longer ones as alone
+    assert together == [next_words(model, tokenizer, [p], top_k=50)[0] for p in prompts]
+    with torch.no_grad():
+        logits = model(**tokenizer(prompts[0], return_tensors="pt", add_special_tokens=False)).logits[0, -1]
+    pieces = tokenizer.convert_ids_to_tokens(torch.argsort(logits, descending=True).tolist())
+    space = tokenizer.convert_ids_to_tokens(tokenizer(" a", add_special_tokens=False)["input_ids"][0])[0]
+    expected = [p[len(space):].lower() for p in pieces[:50] if p.startswith(space) and p[len(space):].isalpha()]
+    assert together[0] == expected and expected  # best first, only pieces that begin a word

@@ -132,6 +132,8 @@ class GenerateConfig(Section):
     negative_candidates: int = Field(1, ge=1)
     # up to this many minimal edits of the positive tier (hierarcaps.negatives) join the student's samples (issue #18)
     negative_edits: int = Field(0, ge=0)
+    # up to this many words a causal-LM student proposes for each slot no edit covers join them too (issue #18)
+    negative_infill: int = Field(0, ge=0)
     # positives: the greedy hierarchy and this many - 1 samples are candidates (used with `judge`)
     positive_candidates: int = Field(1, ge=1)
     # choose by the filter's judge (its checks, NLI model and thresholds): the positive whose every tier the caption

@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from hierarcaps import edits
+from hierarcaps import checks, edits
 
 # Exclusive groups, each a tuple of surface forms; a form is swapped for another of its own group.
 _BREAKING_NLI = (
@@ -114,6 +114,7 @@ CATEGORIES = {
 # Words that are members of a category in edits.EXCLUSIVE_GROUPS ("woman" -> person) count as naming it too.
 for _kind in ("person", "animal", "vehicle", "food"):
     CATEGORIES[_kind][1].update(w for group in edits.EXCLUSIVE_GROUPS[_kind] for w in group)
+CATEGORIES["animal"][1].update({"cattle", "cow", "goat", "pig", "duck", "pigeon", "seagull", "parrot", "owl", "eagle", "swan"})
 _CATEGORY_NAMES = {name: kind for kind, (names, _) in CATEGORIES.items() for name in names}
 # Opposite relations and states. Not "on" / "under" or "up" / "down": in captions they are mostly idiom ("on top of",
 # "close-up", "sitting down"), and the swap reads as garbage ("a clock under the top of a building").
@@ -201,6 +202,26 @@ def tier1_options(caption: str, current: str) -> list[str]:
     return [kind for kind in CATEGORIES if kind not in here]
 
 
+def grounded_tier1(tier1: str, tier2: str) -> str:
+    """Tier 1, or what it should be when it is not a category of tier 2 (issue #18's positives: "water => fire
+    hydrant", "sport => horse", "board => snowboarder"). Kept: a tier 1 that shares a word with tier 2, ends its head
+    noun ("room" of "bathroom"), or names a category (or a member word of one: "fruit") that tier 2's head noun belongs
+    to. Else the head noun's category ("horse" -> "animal"), else the head noun itself when tier 2 says more ("fire
+    hydrant" -> "hydrant"); a one-word tier 2 of no known category keeps its tier 1."""
+    found = _WORD.findall(tier2.lower())
+    end = next((i for i, w in enumerate(found) if i and w in checks.FUNCTION_WORDS), len(found))
+    phrase = [w for w in found[:end] if w not in checks.FUNCTION_WORDS]
+    own = lemmas(tier1) - checks.FUNCTION_WORDS
+    if not phrase or own & lemmas(tier2) or phrase[-1].endswith(tier1.lower().strip()):
+        return tier1
+    head = lemmas(phrase[-1])
+    kinds = [(names, members | set(names)) for names, members in CATEGORIES.values() if head & (members | set(names))]
+    if any(own & named for _, named in kinds):
+        return tier1
+    mended = kinds[0][0][0] if kinds else phrase[-1] if len(found) > 1 else tier1
+    return tier1 if mended == tier2.lower().strip() else mended
+
+
 def tier1_compatible(text: str, caption: str) -> bool:
     """A tier-1 negative that names something the caption mentions (a category of one of its words, or a word of it)
     cannot contradict the picture: "person" for a caption about a man, "water" for a boat on the water."""
@@ -271,7 +292,104 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         others = [w for w in VOCAB[old] if not lemmas(w) & taken]
         if others:
             by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(1)))
+    if tier > 1:
+        by_span += [[e] for e in _without_edits(text, keep)]
     out: list[str] = []
     for depth in range(max((len(s) for s in by_span), default=0)):
         out += [s[depth] for s in by_span if depth < len(s)]
     return list(dict.fromkeys(out))[:limit]
+
+
+# "with" -> "without" where the "with" phrase is what tier i adds ("bathroom" => "bathroom with a mirror" -> "bathroom
+# without a mirror"): the thing is taken away, every word of tier i-1 kept. Not where tier i-1 names the thing (then
+# the negative would not entail it), after a participle ("filled with", "topped with": no English without), nor before
+# a negation ("with no people").
+_WITH = re.compile(r"\bwith\s+(?!no\b|nothing\b|none\b|without\b)", re.IGNORECASE)
+_PHRASE_END = re.compile(r"\s*(?:,|\.|$|\b(?:and|in|on|at|near|by|under|over|while|that|which|who)\b)", re.IGNORECASE)
+
+
+def _without_edits(text: str, keep: set[str]) -> list[str]:
+    if "with" in keep:
+        return []
+    out = []
+    for m in _WITH.finditer(text):
+        before = _WORD.findall(text[: m.start()].lower())
+        if not before or before[-1].endswith("ed"):
+            continue
+        end = _PHRASE_END.search(text, m.end())
+        thing = text[m.end() : end.start() if end else len(text)]
+        if not thing.strip() or lemmas(thing) & keep:
+            continue
+        out.append(text[: m.start()] + ("Without" if text[m.start()].isupper() else "without") + text[m.start() + 4 :])
+    return out
+
+
+# Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
+# word can only be one thing: the noun that locates the subject ("in the air" -> "in the water"), and a tier 2 that is
+# one noun ("bird" under "animal" -> "dog"). Not other nouns, adjectives or verbs: "next to the grass" -> "next to the
+# water", "tall grass" -> "green grass" may both be true of one picture, and "holding" -> "standing a baseball bat" is
+# no English (measured on a sample of 10 rows' slots, by eye).
+_LOCATING = re.compile(r"\b(?:in|on|at|inside|into|onto|atop)\s+(?:(?:a|an|the|some|his|her|their|its)\s+)?$", re.IGNORECASE)
+_ARTICLE = re.compile(r"^(?:(?:a|an|the|some)\s+)?", re.IGNORECASE)
+# Words too generic to contradict anything ("a table" -> "an object").
+_GENERIC = frozenset(
+    "thing things object objects item items structure structures area areas place places view views way part parts kind "
+    "kinds type types lot lots set piece pieces system unit stuff something someone use image photo picture".split()
+)
+
+
+def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
+    """(start, end) of each word of positive tier `tier` (2..4) that a language model may replace."""
+    text = positive[tier - 1]
+    keep = lemmas(positive[tier - 2])
+    found = list(_WORD.finditer(text.lower()))
+    if tier == 2 and len(found) - bool(_ARTICLE.match(text).group(0)) == 1:
+        m = found[-1]
+        return [] if lemmas(m.group(0)) & keep or "NOUN" not in _pos(m.group(0)) else [(m.start(), m.end())]
+    out = []
+    for k, m in enumerate(found):
+        word = m.group(0)
+        following = found[k + 1].group(0) if k + 1 < len(found) else None
+        if word in checks.FUNCTION_WORDS or lemmas(word) & keep or "NOUN" not in _pos(word):
+            continue
+        if following and following not in checks.FUNCTION_WORDS or not _LOCATING.search(text[: m.start()]):
+            continue
+        out.append((m.start(), m.end()))
+    return out
+
+
+def infill_prompt(positive: list[str], tier: int, start: int, end: int) -> str:
+    """What the model continues to propose a word for the slot: the text before it, or for a first word (tier 2's
+    "sheep" under "animal") a list of tier i-1's kinds that names it ("Kinds of animal: sheep,")."""
+    text = positive[tier - 1]
+    return f"Kinds of {positive[tier - 2]}: {text[start:end]}," if tier == 2 and not _LOCATING.search(text[:start]) else text[:start].rstrip()
+
+
+def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals: list[str], limit: int) -> list[str]:
+    """Positive tier `tier` with the noun at start:end replaced by each proposal that is a noun of the same number, in
+    order, skipping words tier i-1, the tier or the caption has, rare words and generic ones."""
+    text = positive[tier - 1]
+    old = text[start:end]
+    taken = lemmas(positive[-1]) | lemmas(text) | lemmas(positive[tier - 2])
+    known = checks.english_words(min_zipf=3.0)
+    out = []
+    for new in dict.fromkeys(w.lower() for w in proposals):
+        if new in checks.FUNCTION_WORDS or new in _GENERIC or new not in known or lemmas(new) & taken:
+            continue
+        pos = _pos(new)  # a noun that is not also an adjective: "on a white" is no place
+        if "NOUN" not in pos or "ADJ" in pos or _plural(new) != _plural(old.lower()):
+            continue
+        out.append(_edits_at(text, start, end, [new], old)[0])
+        if len(out) == limit:
+            break
+    return out
+
+
+def _plural(noun: str) -> bool:
+    return noun.endswith("s") and noun not in _pos(noun).get("NOUN", (noun,))
+
+
+def _pos(word: str) -> dict[str, tuple[str, ...]]:
+    from lemminflect import getAllLemmas
+
+    return getAllLemmas(word)

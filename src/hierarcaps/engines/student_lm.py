@@ -161,3 +161,21 @@ def _mean_target_logprob(logits: torch.Tensor, targets: torch.Tensor) -> list[fl
     mask = targets != -100
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     return ((picked * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+
+
+@torch.no_grad()
+def next_words(model, tokenizer, prompts: Sequence[str], top_k: int = 200, batch_size: int = 64) -> list[list[str]]:
+    """Per prompt, the words the model finds most likely to come next, best first: of its `top_k` next tokens, those
+    that begin a word (a leading space), as lower-case text. A word of several tokens shows as its first piece, which
+    callers drop by checking it against a word list."""
+    space = tokenizer.convert_ids_to_tokens(tokenizer(" a", add_special_tokens=False)["input_ids"][0])[0]
+    tokenizer.padding_side = "left"  # the last position of every row is the prompt's end
+    out: list[list[str]] = []
+    for lo in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[lo : lo + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        logits = model(**enc, position_ids=positions, logits_to_keep=1).logits[:, -1]
+        for row in torch.topk(logits, top_k, dim=-1).indices.tolist():
+            pieces = tokenizer.convert_ids_to_tokens(row)
+            out.append([p[len(space):].lower() for p in pieces if p.startswith(space) and p[len(space):].isalpha()])
+    return out

@@ -3,7 +3,7 @@
 - positive: s2g on the caption ("s2g: <caption>" -> "t1 => t2 => t3"), greedy or beam (`generate.num_beams`);
   positive = [t1, t2, t3, caption]. Output that is not three distinct non-empty tiers (other than the caption) is
   sampled again (`positive_tries`, `positive_temperature`), then rejected (`student_unparsable`, raw text kept).
-  A tier 1 in a sense reviewers reject is mended (`TIER1_MENDS`: "breed => sheep" -> "animal => sheep").
+  A tier 1 that is no category of tier 2 is mended (`negatives.grounded_tier1`: "sport => horse" -> "animal => horse").
 - negative: for tier i = 1..4, the neg direction from positive tiers 1..i-1 and the positive tier i it must
   contradict ("neg: t1 => ... => t(i-1) | p_i"), *sampled* (`negative_temperature`, `negative_top_p`). A sample
   equal to positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own
@@ -14,9 +14,12 @@
   what it adds over tier i-1 (`hierarcaps.negatives`: another colour, category member, number, place, action...) join
   the student's usable samples as candidates. A tier-1 candidate that names what the caption shows ("person" for a
   caption about a man) is never one (`negatives.tier1_compatible`).
+- with `negative_infill` > 0 (a causal-LM student), nouns the student proposes for a slot one word fills - the place a
+  tier puts its subject ("in the air"), a tier 2 that is one noun - are candidates too (`negatives.infill_slots`,
+  `engines.student_lm.next_words`): the slots no edit group covers.
 - choice: with `judge`, the filter's judge scores every candidate (contradicts positive tier i, entails positive tier
-  i-1, at the filter's thresholds); of those that pass, edits before samples, the one the student finds most likely
-  (mean log-probability: fluency) is kept; a tier where none passes is sampled again, and after the last try the candidate
+  i-1, at the filter's thresholds); of those that pass, edits before proposed nouns before samples, the one the
+  student finds most likely (mean log-probability: fluency) is kept; a tier where none passes is sampled again, and after the last try the candidate
   nearest to passing is kept (the filter then rejects the row, naming the pair). This selects by the filter's NLI, so
   acceptance alone no longer measures quality: issue 11 measured garbage accepted that way with a stand-in judge
   that could not tell contradiction from compatible; the judge now is `minilm-nli` (human labels), and the blind
@@ -40,7 +43,7 @@ from hierarcaps.checks import normalize, restates
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.engines.nli import content_words
 from hierarcaps.judge import Judge, negative_tier_pairs, rule_pairs
-from hierarcaps.negatives import edit_candidates, tier1_compatible
+from hierarcaps.negatives import edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, tier1_compatible
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
 from hierarcaps.stats import Stats
@@ -63,15 +66,11 @@ def adds_content_each_tier(positive: list[str]) -> bool:
     return all(content_words(b) - content_words(a) for a, b in zip(positive, positive[1:]))
 
 
-# Tier-1 words the original pipeline uses in a sense reviewers reject ("breed => sheep", "breed => bear shaped cake"),
-# and the category they mean there.
-TIER1_MENDS = {"breed": "animal", "breeds": "animals"}
-
-
 def positive_tiers(text: str, caption: str) -> list[str] | None:
-    """The s2g output's three tiers (`parse_general_tiers`), tier 1 mended (`TIER1_MENDS`); None if not a hierarchy."""
+    """The s2g output's three tiers (`parse_general_tiers`), tier 1 made a category of tier 2 where it is none
+    (`negatives.grounded_tier1`: "breed => sheep" -> "animal => sheep"); None if not a hierarchy."""
     tiers = parse_general_tiers(text, caption)
-    return [TIER1_MENDS.get(normalize(tiers[0]), tiers[0]), *tiers[1:]] if tiers else tiers
+    return [grounded_tier1(tiers[0], tiers[1]), *tiers[1:]] if tiers else tiers
 
 
 def first_tier(text: str) -> str:
@@ -244,6 +243,7 @@ class GenerateStage(Stage):
         Each try draws `negative_candidates` samples per row; those that are usable (not empty, not made only of the
         positive tier's own words: `checks.restates`), with the tier's minimal edits on the first try, are candidates."""
         pending, k = list(rows), self.cfg.negative_candidates
+        infills = self._infills(rows, tier) if self.cfg.negative_infill and tier > 1 else {}
         for attempt in range(self.cfg.negative_tries):
             if not pending:
                 break
@@ -268,6 +268,10 @@ class GenerateStage(Stage):
                     stats.add("negative_edit_candidates", len(edits))
                     row.setdefault("_edits", {})[tier] = set(edits)
                     usable += [e for e in edits if e not in usable]
+                if attempt == 0 and infills.get(id(row)):
+                    stats.add("negative_infill_candidates", len(infills[id(row)]))
+                    row.setdefault("_infill", {})[tier] = set(infills[id(row)])
+                    usable += [e for e in infills[id(row)] if e not in usable]
                 row["raw_negative"][tier - 1] = drawn[-1]
                 if usable:
                     choices.append((row, sources[n], usable))
@@ -279,6 +283,21 @@ class GenerateStage(Stage):
         stats.add("negative_restates_positive", sum(1 for r in pending if r["negative"][tier - 1] and restates(r["negative"][tier - 1], r["positive"][tier - 1])))
         if self.cfg.judge:
             stats.add("negative_unjudged", sum(1 for r in pending if r["negative"][tier - 1]))
+
+    def _infills(self, rows: list[dict], tier: int) -> dict[int, list[str]]:
+        """Per row (by id), positive tier `tier` with one of its slots (`negatives.infill_slots`) filled by a word the
+        student proposes there (`negatives.infill_edits`, up to `negative_infill` per slot)."""
+        from hierarcaps.engines.student_lm import next_words
+
+        model, tokenizer = self.student
+        if model.config.is_encoder_decoder:
+            raise StageError("generate.negative_infill needs a causal-LM student (distill.student.kind = 'causal-lora')")
+        slots = [(row, start, end) for row in rows for start, end in infill_slots(row["positive"], tier)]
+        prompts = [infill_prompt(row["positive"], tier, start, end) for row, start, end in slots]
+        out: dict[int, list[str]] = {}
+        for (row, start, end), proposals in zip(slots, next_words(model, tokenizer, prompts, batch_size=self.cfg.batch_size)):
+            out.setdefault(id(row), []).extend(infill_edits(row["positive"], tier, start, end, proposals, self.cfg.negative_infill))
+        return out
 
     def _edits(self, row: dict, tier: int) -> list[str]:
         rng = np.random.default_rng(row_seed(self.cfg.seed, row["id"], tier, -1))
@@ -296,8 +315,8 @@ class GenerateStage(Stage):
                 passed = [c for m, c in scored if m >= 0]
                 # an edit the judge accepts beats a sample it accepts: blind reviewers found 80-100% of the chosen
                 # edits valid at every tier, and 25-50% of the chosen samples at tiers 2-4 (bench/README.md)
-                edits = row.get("_edits", {}).get(tier, ())
-                passing[id(row)] = [c for c in passed if c in edits] or passed
+                edits, infill = row.get("_edits", {}).get(tier, ()), row.get("_infill", {}).get(tier, ())
+                passing[id(row)] = [c for c in passed if c in edits] or [c for c in passed if c in infill] or passed
                 if not passing[id(row)]:
                     margin, best = max(scored)
                     if row.setdefault("_margin", {}).get(tier, -np.inf) < margin:
@@ -316,6 +335,8 @@ class GenerateStage(Stage):
                 row["negative"][tier - 1] = usable[0]
             if usable and tier in row.get("_edits", {}):
                 stats.add("negative_from_edit", int(row["negative"][tier - 1] in row["_edits"][tier]))
+            if usable and tier in row.get("_infill", {}):
+                stats.add("negative_from_infill", int(row["negative"][tier - 1] in row["_infill"][tier]))
         return unresolved
 
     def _reject(self, row: dict, reason: str, detail: str, raw: str | None, positive: list[str] | None = None) -> dict:
