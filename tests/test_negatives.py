@@ -105,6 +105,10 @@ def test_what_a_with_phrase_adds_is_taken_away():
     assert not any("without" in c for c in edit_candidates(station, 3, rng(), limit=50))
     box = ["container", "box", "box filled with apples", "A box filled with apples with no lid."]
     assert not any("without" in c for t in (3, 4) for c in edit_candidates(box, t, rng(), limit=50))
+    # a thing added to a list is taken away too; an action is no thing
+    assert "A small bathroom with a mirror but no sink." in edit_candidates(bathroom, 4, rng(), limit=50)
+    walking = ["person", "people", "people riding motorcycles", "People walking and riding motorcycles on the street."]
+    assert not any("but no" in c for c in edit_candidates(walking, 4, rng(), limit=50))
 
 
 def test_a_language_model_fills_only_nouns_that_locate_or_a_one_noun_tier_2():

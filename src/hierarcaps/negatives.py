@@ -293,7 +293,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         if others:
             by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(1)))
     if tier > 1:
-        by_span += [[e] for e in _without_edits(text, keep)]
+        by_span += [[e] for e in _without_edits(text, keep) + _but_no_edits(text, keep)]
     out: list[str] = []
     for depth in range(max((len(s) for s in by_span), default=0)):
         out += [s[depth] for s in by_span if depth < len(s)]
@@ -304,7 +304,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
 # without a mirror"): the thing is taken away, every word of tier i-1 kept. Not where tier i-1 names the thing (then
 # the negative would not entail it), after a participle ("filled with", "topped with": no English without), nor before
 # a negation ("with no people").
-_WITH = re.compile(r"\bwith\s+(?!no\b|nothing\b|none\b|without\b)", re.IGNORECASE)
+_WITH = re.compile(r"\bwith\s+(?!no\b|nothing\b|none\b|without\b|two\b|three\b|four\b|several\b|many\b)", re.IGNORECASE)
 _PHRASE_END = re.compile(r"\s*(?:,|\.|$|\b(?:and|in|on|at|near|by|under|over|while|that|which|who)\b)", re.IGNORECASE)
 
 
@@ -321,6 +321,27 @@ def _without_edits(text: str, keep: set[str]) -> list[str]:
         if not thing.strip() or lemmas(thing) & keep:
             continue
         out.append(text[: m.start()] + ("Without" if text[m.start()].isupper() else "without") + text[m.start() + 4 :])
+    return out
+
+
+# "and" + a thing -> "but no" + the thing, where the thing is what tier i adds ("bathroom with a sink" => "bathroom with
+# a sink and a toilet" -> "... a sink but no toilet"): the same taking away as "without", for a list. Only a noun phrase
+# ("walking and riding" is no thing), never one tier i-1 names.
+_AND = re.compile(r"\band\s+(?:(?:a|an|the|some|two|three|four|several|many)\s+)?", re.IGNORECASE)
+
+
+def _but_no_edits(text: str, keep: set[str]) -> list[str]:
+    out = []
+    for m in _AND.finditer(text):
+        end = _PHRASE_END.search(text, m.end())
+        thing = text[m.end() : end.start() if end else len(text)].strip()
+        found = _WORD.findall(thing.lower())
+        last = _pos(found[-1]) if found else {}
+        if not found or len(found) > 4 or lemmas(thing) & keep or "NOUN" not in last and (last or found[-1] not in checks.english_words(3.0)):
+            continue
+        if found[0].endswith(("ing", "ed")) or set(_pos(found[0])) == {"VERB"} or found[0] in checks.FUNCTION_WORDS:
+            continue
+        out.append(text[: m.start()] + "but no " + text[m.end() :])
     return out
 
 
