@@ -279,6 +279,28 @@ def test_a_place_the_student_proposes_fills_a_tier_no_edit_covers_and_beats_a_sa
     assert (field, "zebras standing in a meadow") in nli.pairs and (field, "zebras standing in an ocean") not in nli.pairs
 
 
+def test_a_tier_that_takes_no_sample_rejects_the_row_when_no_edit_passes(run, tmp_path):
+    table = pa.Table.from_pylist([{"id": "z", "caption": "Two zebras standing in a field at noon.", "image_url": None,
+                                   "source_file": "x.csv", "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    overrides = {**STUDENT, "generate.negative_edits": 12, "generate.judge": True, "generate.negative_sample_tiers": [1, 2, 4]}
+    stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+    calls = []
+
+    def student(sources, sample=False, **kwargs):
+        calls.append(sample)
+        return ["sampled"] * len(sources) if sample else ["animal => zebras => zebras standing in a field"] * len(sources)
+
+    stage._generate, stage._score = student, lambda sources, targets: [0.0] * len(targets)
+    stage.__dict__["judge"] = Judge(stage.profile, nli=TierNLI({("zebras standing in a field", "sampled"): TierNLI.CONTRA}))
+    result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
+    # tier 3: the judge accepts only the sample (every edit is neutral to it), which tier 3 may not take
+    assert result.out.num_rows == 0
+    reject = result.rejects.to_pylist()[0]
+    assert reject["reason"] == "negative_no_contradiction" and reject["detail"].startswith("negative tier 3: no edit")
+
+
 def test_judged_positives_keep_a_candidate_whose_tiers_are_entailed_and_add_content(run, tmp_path):
     table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
                                    "source_row": 0}], schema=schema.CAPTIONS)

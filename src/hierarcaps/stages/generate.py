@@ -24,6 +24,8 @@
   acceptance alone no longer measures quality: issue 11 measured garbage accepted that way with a stand-in judge
   that could not tell contradiction from compatible; the judge now is `minilm-nli` (human labels), and the blind
   review (`hierarcaps review`) is the quality measure. Without the judge, the student's most likely usable sample is kept.
+  At a tier not in `negative_sample_tiers` a sample is never chosen: a row whose tier no edit or proposed noun passes
+  is rejected here (`negative_no_contradiction`).
 Nothing else here checks meaning: the filter stage tests every pair with NLI, as the HierarCaps paper builds its negatives.
 """
 
@@ -170,6 +172,13 @@ class GenerateStage(Stage):
             self._sample_negative_tier(live, tier, stats)
         out = []
         for row in live:
+            if row.get("_unresolved"):
+                tier = row["_unresolved"][0]
+                stats.reject("negative_no_contradiction")
+                detail = (f"negative tier {tier}: no edit or proposed noun that the judge finds contradicting positive tier {tier}"
+                          f" and entailing tier {tier - 1} (samples are not used at this tier: generate.negative_sample_tiers)")
+                rejects.append(self._reject(row, "negative_no_contradiction", detail, row["negative"][tier - 1], row["positive"]))
+                continue
             empty = [i + 1 for i, t in enumerate(row["negative"]) if not t]
             if empty:
                 stats.reject("negative_empty")
@@ -245,8 +254,8 @@ class GenerateStage(Stage):
         pending, k = list(rows), self.cfg.negative_candidates
         infills = self._infills(rows, tier) if self.cfg.negative_infill and tier > 1 else {}
         for attempt in range(self.cfg.negative_tries):
-            if not pending:
-                break
+            if not pending or attempt and self.cfg.judge and tier not in self.cfg.negative_sample_tiers:
+                break  # edits are drawn on the first try only: more samples cannot help a tier that takes none
             if attempt:
                 stats.add("negative_resamples", len(pending))
             sources = [negative_source(r["positive"], tier) for r in pending]
@@ -283,6 +292,9 @@ class GenerateStage(Stage):
         stats.add("negative_restates_positive", sum(1 for r in pending if r["negative"][tier - 1] and restates(r["negative"][tier - 1], r["positive"][tier - 1])))
         if self.cfg.judge:
             stats.add("negative_unjudged", sum(1 for r in pending if r["negative"][tier - 1]))
+            if tier not in self.cfg.negative_sample_tiers:
+                for row in pending:
+                    row.setdefault("_unresolved", []).append(tier)
 
     def _infills(self, rows: list[dict], tier: int) -> dict[int, list[str]]:
         """Per row (by id), positive tier `tier` with one of its slots (`negatives.infill_slots`) filled by a word the
@@ -316,7 +328,8 @@ class GenerateStage(Stage):
                 # an edit the judge accepts beats a sample it accepts: blind reviewers found 80-100% of the chosen
                 # edits valid at every tier, and 25-50% of the chosen samples at tiers 2-4 (bench/README.md)
                 edits, infill = row.get("_edits", {}).get(tier, ()), row.get("_infill", {}).get(tier, ())
-                passing[id(row)] = [c for c in passed if c in edits] or [c for c in passed if c in infill] or passed
+                samples = passed if tier in self.cfg.negative_sample_tiers else []
+                passing[id(row)] = [c for c in passed if c in edits] or [c for c in passed if c in infill] or samples
                 if not passing[id(row)]:
                     margin, best = max(scored)
                     if row.setdefault("_margin", {}).get(tier, -np.inf) < margin:
