@@ -123,9 +123,15 @@ def test_a_language_model_fills_only_nouns_that_locate_or_a_one_noun_tier_2():
 def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
     dog = ["dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach near the water at sunset."]
     start = dog[2].index("beach")
-    edits = infill_edits(dog, 3, start, start + 5, ["water", "white", "beaches", "thing", "xqzv", "running", "sofa", "park", "field"], limit=2)
-    # "water" is the caption's, "white" an adjective, "beaches" plural, "thing" generic, "xqzv" no word, "running" no noun
-    assert edits == ["brown dog on a sofa", "brown dog on a park"]
+    proposals = ["water", "white", "beaches", "thing", "xqzv", "running", "sofa", "winter", "kitchen", "lawn", "field"]
+    # "water" is the caption's, "white" an adjective, "beaches" plural, "thing" generic, "xqzv" no word, "running" no
+    # noun, "sofa" no place (the beach is one), "winter" a time
+    assert infill_edits(dog, 3, start, start + 5, proposals, limit=2) == ["brown dog on a kitchen", "brown dog on a lawn"]
+    # a place that cannot hold the thing is not proposed, nor is a person filled
+    surf = ["person", "surfer", "surfer on a beach", "A surfer carries a surfboard on the beach."]
+    start = surf[2].index("beach")
+    assert infill_edits(surf, 3, start, start + 5, ["kitchen", "lake"], limit=2) == ["surfer on a lake"]
+    assert infill_slots(["person", "woman", "woman on the phone", "A woman on the phone."], 3) == []
 
 
 def test_tier_1_becomes_a_category_of_tier_2_where_it_is_none():
@@ -135,3 +141,12 @@ def test_tier_1_becomes_a_category_of_tier_2_where_it_is_none():
             ("transportation vehicle", "bus"), ("water", "wave"), ("place", "furniture")]  # the last: no category, or tier 2's
     assert {pair: grounded_tier1(*pair) for pair in mended} == mended
     assert [grounded_tier1(*pair) for pair in kept] == [t1 for t1, _ in kept]
+
+
+def test_no_edit_breaks_a_compound_of_the_tier_before_or_puts_a_thing_where_it_cannot_be():
+    ramp = ["person", "skateboarder", "skateboarder jumps off a ramp", "Guy jumps high doing skateboard flip off a ramp"]
+    assert not any("snowboard" in c or "surfboard" in c for c in edit_candidates(ramp, 4, rng(), limit=50))
+    surf = ["person", "surfer", "surfer on a beach", "A surfer carries a surfboard on the beach."]
+    assert not edit_candidates(surf, 3, rng(), limit=50)  # every other place for a beach is a room
+    bathroom = ["room", "toilet", "toilet in a bathroom", "A white toilet in a small bathroom."]
+    assert not any(c.endswith(("on a beach", "in a park")) for c in edit_candidates(bathroom, 3, rng(), limit=50))

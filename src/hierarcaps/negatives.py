@@ -143,6 +143,14 @@ NEW_PLACES = tuple(PLACES)[: tuple(PLACES).index("field")]
 # What an edit changes a place into: an indoor place for an outdoor one ("in a field" -> "in a park" may be both; "in a
 # kitchen" may not), any other exclusive place for an indoor one.
 INDOOR = ("kitchen", "bathroom", "bedroom", "living room", "office", "restaurant", "classroom", "garage")
+# Things that are not in a room, and things that are not outdoors: a place swap that would put one there reads as
+# nonsense to reviewers ("surfing in a restaurant", "a clock on a building in an office", "a toilet on a beach").
+OUTDOOR_THINGS = frozenset(
+    "car bus truck train plane airplane jet boat ship motorcycle tractor horse elephant giraffe zebra cow cattle sheep "
+    "bear surf surfer surfboard wave kite ski skier snowboard snowboarder skateboarder building tower skyscraper bridge "
+    "hydrant tree traffic".split()
+)  # not the places themselves: those are what a place swap changes
+INDOOR_THINGS = frozenset("toilet sink bathtub shower oven refrigerator fridge microwave stove bed couch sofa desk".split())
 _PREPOSITIONS = ("in", "on", "at", "near", "by", "inside", "along", "across", "through", "into", "onto")
 _ARTICLES = ("a", "an", "the", "some")
 _PLACE_RE = re.compile(
@@ -192,6 +200,18 @@ def lemmas(text: str) -> set[str]:
     for word in _WORD.findall(text.lower()):
         out.update(lemma for forms in getAllLemmas(word).values() for lemma in forms)
     return out | {_SAME[w] for w in out if w in _SAME}
+
+
+def kept(word: str, keep: set[str]) -> bool:
+    """Whether `word` is one of tier i-1's (`keep`, its lemmas), or the start of one: "skateboard" of "skateboarder"
+    ("snowboard flip" no longer entails "skateboarder")."""
+    own = lemmas(word)
+    return bool(own & keep) or any(k.startswith(w) for w in own if len(w) >= 5 for k in keep)
+
+
+def fits(place: str, present: set[str]) -> bool:
+    """Whether a text about `present` (lemmas) can be in `place`: no outdoor thing in a room, no indoor one outside."""
+    return not present & (OUTDOOR_THINGS if place in INDOOR else INDOOR_THINGS if place in PLACES else frozenset())
 
 
 def tier1_options(caption: str, current: str) -> list[str]:
@@ -271,7 +291,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         noun = m.group(1).lower()
         if words(noun) & keep or _PLACE_COMPOUND.match(text, m.end()):
             continue
-        others = [PLACES[p] for p in (NEW_PLACES if noun in INDOOR else INDOOR) if p != noun and not words(p) & taken]
+        others = [PLACES[p] for p in (NEW_PLACES if noun in INDOOR else INDOOR) if p != noun and not words(p) & taken and fits(p, taken)]
         spans.append((m.start(), m.end()))
         by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(0)))
     if tier == 1:
@@ -279,7 +299,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         by_span.append([options[i] for i in rng.permutation(len(options))])
     for m in _VOCAB_RE.finditer(text):
         old = m.group(1).lower()
-        if lemmas(old) & keep or any(s < m.end() and m.start() < e for s, e in spans):
+        if kept(old, keep) or any(s < m.end() and m.start() < e for s, e in spans):
             continue
         if old in _ACTION_WORDS and not words(text) & ANIMATE:
             continue
@@ -352,11 +372,24 @@ def _but_no_edits(text: str, keep: set[str]) -> list[str]:
 # no English (measured on a sample of 10 rows' slots, by eye).
 _LOCATING = re.compile(r"\b(?:in|on|at|inside|into|onto|atop)\s+(?:(?:a|an|the|some|his|her|their|its)\s+)?$", re.IGNORECASE)
 _ARTICLE = re.compile(r"^(?:(?:a|an|the|some)\s+)?", re.IGNORECASE)
-# Words too generic to contradict anything ("a table" -> "an object").
+# Words too generic to contradict anything ("a table" -> "an object"), pronouns, and times ("in traffic" -> "in
+# winter" is no other place).
 _GENERIC = frozenset(
     "thing things object objects item items structure structures area areas place places view views way part parts kind "
-    "kinds type types lot lots set piece pieces system unit stuff something someone use image photo picture".split()
+    "kinds type types lot lots set piece pieces system unit stuff something someone use image photo picture him me us "
+    "winter summer spring autumn fall day night morning evening afternoon noon midnight sunset sunrise daylight time".split()
 )
+# Where a thing is, as opposed to what it rests on: a proposal is a place exactly when the word it replaces is one
+# ("pizza on a plate" -> "on a beach" may be a picnic; "on a field" -> "on a bench" may be both).
+PLACE_WORDS = frozenset(PLACES) | frozenset(
+    "air room yard garden sidewalk shore pasture meadow hill hillside countryside town village stadium playground lawn "
+    "driveway runway lot jungle woods wood savanna enclosure pen barn church market mall store shop bar cafe kitchen "
+    "hospital school library museum studio hallway porch balcony patio deck dock harbor marina pier station".split()
+)
+
+
+# People and devices are not filled: "skateboarder" -> "woman" may be the same person, "on the phone" is no place.
+_NOT_FILLED = CATEGORIES["person"][1] | CATEGORIES["device"][1] | {"phone", "cellphone", "camera"}
 
 
 def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
@@ -371,7 +404,7 @@ def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
     for k, m in enumerate(found):
         word = m.group(0)
         following = found[k + 1].group(0) if k + 1 < len(found) else None
-        if word in checks.FUNCTION_WORDS or lemmas(word) & keep or "NOUN" not in _pos(word):
+        if word in checks.FUNCTION_WORDS or kept(word, keep) or "NOUN" not in _pos(word) or lemmas(word) & _NOT_FILLED:
             continue
         if following and following not in checks.FUNCTION_WORDS or not _LOCATING.search(text[: m.start()]):
             continue
@@ -399,6 +432,8 @@ def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals
             continue
         pos = _pos(new)  # a noun that is not also an adjective: "on a white" is no place
         if "NOUN" not in pos or "ADJ" in pos or _plural(new) != _plural(old.lower()):
+            continue
+        if (lemmas(new) & PLACE_WORDS != set()) != (lemmas(old) & PLACE_WORDS != set()) or not fits(new, taken):
             continue
         out.append(_edits_at(text, start, end, [new], old)[0])
         if len(out) == limit:
