@@ -38,6 +38,7 @@ STUDENT = {
     # the student's own samples only (the edits and the judged choice have their own test below)
     "generate.negative_edits": 0,
     "generate.negative_infill": 0,
+    "generate.negative_sample_tiers": [1, 2, 3, 4],
     "generate.judge": False,
     "generate.positive_candidates": 1,
 }
