@@ -380,3 +380,11 @@ def test_tier_1_never_says_breed_and_a_tier_1_negative_never_names_what_the_capt
     # reviewers reject "breed => dog" (a breed is no category of a dog): it becomes the category meant
     assert row["positive"][:2] == ["animal", "small dog"]
     assert row["negative"][0] == "vehicle"
+
+
+def test_a_seq2seq_student_builds_without_proposed_nouns(run):
+    stage = GenerateStage(load_profile("offline", overrides={**STUDENT, "generate.negative_infill": 3}), run)
+    assert stage.can_infill is False  # a T5 has no next-word distribution over a prefix: skipped, said once
+    task = stage.plan()[0]
+    result = stage.process(task)
+    assert result.out.num_rows + result.rejects.num_rows == task.stop - task.start

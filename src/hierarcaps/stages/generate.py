@@ -252,7 +252,7 @@ class GenerateStage(Stage):
         Each try draws `negative_candidates` samples per row; those that are usable (not empty, not made only of the
         positive tier's own words: `checks.restates`), with the tier's minimal edits on the first try, are candidates."""
         pending, k = list(rows), self.cfg.negative_candidates
-        infills = self._infills(rows, tier) if self.cfg.negative_infill and tier > 1 else {}
+        infills = self._infills(rows, tier) if self.cfg.negative_infill and tier > 1 and self.can_infill else {}
         for attempt in range(self.cfg.negative_tries):
             if not pending or attempt and self.cfg.judge and tier not in self.cfg.negative_sample_tiers:
                 break  # edits are drawn on the first try only: more samples cannot help a tier that takes none
@@ -296,14 +296,21 @@ class GenerateStage(Stage):
                 for row in pending:
                     row.setdefault("_unresolved", []).append(tier)
 
+    @cached_property
+    def can_infill(self) -> bool:
+        """Whether the student proposes next words (`negative_infill`): a causal LM does, a seq2seq one has no
+        next-word distribution over a prefix, and is built without proposed nouns (said once)."""
+        if self.student[0].config.is_encoder_decoder:
+            log.warning("generate.negative_infill is for a causal-LM student (distill.student.kind = 'causal-lora'); skipped")
+            return False
+        return True
+
     def _infills(self, rows: list[dict], tier: int) -> dict[int, list[str]]:
         """Per row (by id), positive tier `tier` with one of its slots (`negatives.infill_slots`) filled by a word the
         student proposes there (`negatives.infill_edits`, up to `negative_infill` per slot)."""
         from hierarcaps.engines.student_lm import next_words
 
         model, tokenizer = self.student
-        if model.config.is_encoder_decoder:
-            raise StageError("generate.negative_infill needs a causal-LM student (distill.student.kind = 'causal-lora')")
         slots = [(row, start, end) for row in rows for start, end in infill_slots(row["positive"], tier)]
         prompts = [infill_prompt(row["positive"], tier, start, end) for row, start, end in slots]
         out: dict[int, list[str]] = {}
