@@ -384,7 +384,8 @@ _GENERIC = frozenset(
 PLACE_WORDS = frozenset(PLACES) | frozenset(
     "air room yard garden sidewalk shore pasture meadow hill hillside countryside town village stadium playground lawn "
     "driveway runway lot jungle woods wood savanna enclosure pen barn church market mall store shop bar cafe kitchen "
-    "hospital school library museum studio hallway porch balcony patio deck dock harbor marina pier station".split()
+    "hospital school library museum studio hallway porch balcony patio deck dock harbor marina pier station bridge "
+    "boat ship bus train plane airplane truck car".split()  # a vehicle is where people and things ride
 )
 
 
