@@ -118,6 +118,10 @@ def test_a_language_model_fills_only_nouns_that_locate_or_a_one_noun_tier_2():
     assert [bird[1][s:e] for s, e in infill_slots(bird, 2)] == ["bird"] and infill_prompt(bird, 2, 0, 4) == "Kinds of animal: bird,"
     assert infill_prompt(bird, 3, *infill_slots(bird, 3)[0]) == "bird standing in the"
     assert infill_slots(["vehicle", "red car", "red car on a street", "A red car on a street."], 2) == []  # two words
+    # a one-noun tier 2 is filled only under a known category, and only by a member of it ("coffee" meant "coffee table")
+    assert infill_slots(["cook", "stove", "woman cooking on a stove", "A woman cooking on a stove."], 2) == []
+    bench = ["furniture", "bench", "man on a bench", "A man on a bench."]
+    assert infill_edits(bench, 2, 0, 5, ["coffee", "chair", "table", "tables"], limit=5) == ["chair", "table"]
 
 
 def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
@@ -136,7 +140,8 @@ def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
 
 def test_tier_1_becomes_a_category_of_tier_2_where_it_is_none():
     mended = {("water", "fire hydrant"): "hydrant", ("sport", "horse"): "animal", ("place", "bench"): "furniture",
-              ("board", "snowboarder"): "person", ("breed", "goats"): "animal"}
+              ("board", "snowboarder"): "person", ("breed", "goats"): "animal", ("cook", "stove"): "appliance",
+              ("food appliance", "kitchen"): "room"}
     kept = [("room", "bathroom with a toilet"), ("fruit", "bananas"), ("person", "man in a kitchen"), ("horse", "brown horse"),
             ("transportation vehicle", "bus"), ("water", "wave"), ("place", "furniture")]  # the last: no category, or tier 2's
     assert {pair: grounded_tier1(*pair) for pair in mended} == mended

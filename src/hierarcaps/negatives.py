@@ -107,8 +107,11 @@ CATEGORIES = {
     "plant": (("plant", "plants", "vegetation"), {"plant", "tree", "flower", "grass", "bush", "vegetable", "fruit", "forest"}),
     "person": (("person", "people", "human"), {"person", "people", "human", "player", "crowd", "team", "child", "kid", "baby", "skier",
                                                "surfer", "rider", "skateboarder", "snowboarder", "chef", "lady", "guy"}),
-    "device": (("device", "electronic device", "electronics", "appliance"), {"device", "computer", "laptop", "phone", "television",
-                                                                              "tv", "screen", "monitor", "keyboard", "remote", "appliance"}),
+    "device": (("device", "electronic device", "electronics"), {"device", "computer", "laptop", "phone", "television",
+                                                                  "tv", "screen", "monitor", "keyboard", "remote"}),
+    "appliance": (("appliance", "appliances", "kitchen appliance"), {"appliance", "stove", "oven", "microwave", "refrigerator",
+                                                                     "fridge", "toaster", "dishwasher", "blender"}),
+    "room": (("room", "rooms"), {"room", "kitchen", "bathroom", "bedroom", "living room", "office", "classroom"}),
     "sport": (("sport", "sports", "game"), {"sport", "game", "ball", "racket", "player", "skiing", "surfing", "skateboarding"}),
 }  # fmt: skip
 # Words that are members of a category in edits.EXCLUSIVE_GROUPS ("woman" -> person) count as naming it too.
@@ -400,7 +403,8 @@ def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
     found = list(_WORD.finditer(text.lower()))
     if tier == 2 and len(found) - bool(_ARTICLE.match(text).group(0)) == 1:
         m = found[-1]
-        return [] if lemmas(m.group(0)) & keep or "NOUN" not in _pos(m.group(0)) else [(m.start(), m.end())]
+        named = _CATEGORY_NAMES.get(positive[0].lower().strip())  # "Kinds of cook: stove," has no answer
+        return [] if named is None or kept(m.group(0), keep) or "NOUN" not in _pos(m.group(0)) else [(m.start(), m.end())]
     out = []
     for k, m in enumerate(found):
         word = m.group(0)
@@ -427,8 +431,12 @@ def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals
     old = text[start:end]
     taken = lemmas(positive[-1]) | lemmas(text) | lemmas(positive[tier - 2])
     known = checks.english_words(min_zipf=3.0)
+    kind = _CATEGORY_NAMES.get(positive[0].lower().strip()) if tier == 2 and not _LOCATING.search(text[:start]) else None
     out = []
     for new in dict.fromkeys(w.lower() for w in proposals):
+        # a kind of tier 1 must be one of its known members: "Kinds of furniture: bench, coffee" meant "coffee table"
+        if kind is not None and not lemmas(new) & CATEGORIES[kind][1]:
+            continue
         if new in checks.FUNCTION_WORDS or new in _GENERIC or new not in known or lemmas(new) & taken:
             continue
         pos = _pos(new)  # a noun that is not also an adjective: "on a white" is no place
