@@ -136,6 +136,7 @@ def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
     start = surf[2].index("beach")
     assert infill_edits(surf, 3, start, start + 5, ["kitchen", "lake"], limit=2) == ["surfer on a lake"]
     assert infill_slots(["person", "woman", "woman on the phone", "A woman on the phone."], 3) == []
+    assert infill_slots(["person", "girl", "girl with an umbrella", "A girl with her umbrella in hand."], 4) == []
 
 
 def test_tier_1_becomes_a_category_of_tier_2_where_it_is_none():

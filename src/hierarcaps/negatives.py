@@ -392,8 +392,12 @@ PLACE_WORDS = frozenset(PLACES) | frozenset(
 )
 
 
-# People and devices are not filled: "skateboarder" -> "woman" may be the same person, "on the phone" is no place.
-_NOT_FILLED = CATEGORIES["person"][1] | CATEGORIES["device"][1] | {"phone", "cellphone", "camera"}
+# People, devices, body parts and positions are not filled: "skateboarder" -> "woman" may be the same person, "on the
+# phone" and "umbrella in hand" ("in bed") name no place, "on the bottom" is where "on the floor" may be.
+_NOT_FILLED = CATEGORIES["person"][1] | CATEGORIES["device"][1] | frozenset(
+    "phone cellphone camera hand head mouth arm lap face hair back front side middle top bottom edge center corner end "
+    "background foreground distance".split()
+)
 
 
 def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
