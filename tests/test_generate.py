@@ -251,7 +251,7 @@ def test_a_place_the_student_proposes_fills_a_tier_no_edit_covers_and_beats_a_sa
 
     from hierarcaps.engines import student_lm
 
-    table = pa.Table.from_pylist([{"id": "z", "caption": "Two zebras standing in a field at noon.", "image_url": None, "source_file": "x.csv",
+    table = pa.Table.from_pylist([{"id": "z", "caption": "Two zebras standing in a pen at noon.", "image_url": None, "source_file": "x.csv",
                                    "source_row": 0}], schema=schema.CAPTIONS)
     path = tmp_path / "captions.parquet"
     shards.write_table(table, path)
@@ -261,23 +261,23 @@ def test_a_place_the_student_proposes_fills_a_tier_no_edit_covers_and_beats_a_sa
 
     def proposals(model, tokenizer, texts, **kwargs):
         prompts.extend(texts)
-        return [["meadow", "whites", "field", "desert", "lake", "ocean"] for _ in texts]
+        return [["barn", "whites", "pen", "zoo", "ocean", "desert"] for _ in texts]
 
     monkeypatch.setattr(student_lm, "next_words", proposals)
     stage.__dict__["student"] = (SimpleNamespace(config=SimpleNamespace(is_encoder_decoder=False)), None)
-    stage._generate = lambda sources, sample=False, **kwargs: ["animal => zebras => zebras standing in a field"] * len(sources) if not sample else ["sampled"] * len(sources)
+    stage._generate = lambda sources, sample=False, **kwargs: ["animal => zebras => zebras standing in a pen"] * len(sources) if not sample else ["sampled"] * len(sources)
     stage._score = lambda sources, targets: [-float(len(t)) for t in targets]  # "sampled" is the most fluent
     C, N = TierNLI.CONTRA, TierNLI.NEUTRAL
-    field = "zebras standing in a field"
-    nli = TierNLI({(field, "zebras standing in a meadow"): N, (field, "zebras standing in a desert"): C,
-                   (field, "zebras standing in a lake"): C, (field, "sampled"): C})
+    pen = "zebras standing in a pen"
+    nli = TierNLI({(pen, "zebras standing in a barn"): N, (pen, "zebras standing in a zoo"): C,
+                   (pen, "zebras standing in an ocean"): C, (pen, "sampled"): C})
     stage.__dict__["judge"] = Judge(stage.profile, nli=nli)
     negative = stage.process(ShardTask("generate", 0, (str(path),), 0, 1)).out.to_pylist()[0]["negative"]
-    # the place noun is the slot; "whites" (plural) and "field" (the caption's) are never used; of the rest the
-    # judge rejects "meadow" (compatible) and, of the two it accepts, the student's more fluent is kept
-    assert prompts == ["Kinds of animal: zebras,", "zebras standing in a", "Two zebras standing in a field at"]
-    assert negative[2] == "zebras standing in a lake"
-    assert (field, "zebras standing in a meadow") in nli.pairs and (field, "zebras standing in an ocean") not in nli.pairs
+    # the place noun is the slot; "whites" (plural) and "pen" (the caption's) are never used; of the first three the
+    # judge rejects "barn" (compatible) and, of the two it accepts, the student's more fluent is kept
+    assert prompts == ["Kinds of animal: zebras,", "zebras standing in a", "Two zebras standing in a pen at"]
+    assert negative[2] == "zebras standing in a zoo"
+    assert (pen, "zebras standing in a barn") in nli.pairs and (pen, "zebras standing in a desert") not in nli.pairs
 
 
 def test_a_tier_that_takes_no_sample_rejects_the_row_when_no_edit_passes(run, tmp_path):

@@ -130,11 +130,14 @@ def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
     proposals = ["water", "white", "beaches", "thing", "xqzv", "running", "sofa", "winter", "kitchen", "lawn", "field"]
     # "water" is the caption's, "white" an adjective, "beaches" plural, "thing" generic, "xqzv" no word, "running" no
     # noun, "sofa" no place (the beach is one), "winter" a time
-    assert infill_edits(dog, 3, start, start + 5, proposals, limit=2) == ["brown dog on a kitchen", "brown dog on a lawn"]
+    assert infill_edits(dog, 3, start, start + 5, proposals, limit=2) == ["brown dog on a kitchen"]  # "lawn": ground too
+    room = ["chair", "white chair", "white chair in the room", "A white chair in the room."]
+    start = room[2].index("room")
+    assert infill_edits(room, 3, start, start + 4, ["kitchen", "bathroom"], limit=2) == []  # kinds of room say more
     # a place that cannot hold the thing is not proposed, nor is a person filled
     surf = ["person", "surfer", "surfer on a beach", "A surfer carries a surfboard on the beach."]
     start = surf[2].index("beach")
-    assert infill_edits(surf, 3, start, start + 5, ["kitchen", "lake"], limit=2) == ["surfer on a lake"]
+    assert infill_edits(surf, 3, start, start + 5, ["kitchen", "lake", "air"], limit=3) == []  # a room, and a lake may have the beach
     assert infill_slots(["person", "woman", "woman on the phone", "A woman on the phone."], 3) == []
     assert infill_slots(["person", "girl", "girl with an umbrella", "A girl with her umbrella in hand."], 4) == []
 

@@ -392,6 +392,11 @@ PLACE_WORDS = frozenset(PLACES) | frozenset(
 )
 
 
+# Outdoor places and ground: one may hold another ("a plane in a field" -> "in a park", "grass" -> "forest").
+_OUTDOOR_PLACES = frozenset(PLACES) - frozenset(INDOOR) | frozenset(
+    "grass tree woods wood meadow pasture wetland wetlands hill hillside lawn garden yard countryside jungle savanna "
+    "shore mountain".split()
+)
 # People, devices, body parts and positions are not filled: "skateboarder" -> "woman" may be the same person, "on the
 # phone" and "umbrella in hand" ("in bed") name no place, "on the bottom" is where "on the floor" may be.
 _NOT_FILLED = CATEGORIES["person"][1] | CATEGORIES["device"][1] | frozenset(
@@ -447,6 +452,11 @@ def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals
         if "NOUN" not in pos or "ADJ" in pos or _plural(new) != _plural(old.lower()):
             continue
         if (lemmas(new) & PLACE_WORDS != set()) != (lemmas(old) & PLACE_WORDS != set()) or not fits(new, taken):
+            continue
+        if lemmas(old) & _OUTDOOR_PLACES and not lemmas(new) & set(INDOOR):  # as a place swap: "field" -> "park" may be both
+            continue
+        named = _CATEGORY_NAMES.get(old.lower())
+        if named is not None and lemmas(new) & CATEGORIES[named][1]:  # "in the room" -> "in the kitchen" says more
             continue
         out.append(_edits_at(text, start, end, [new], old)[0])
         if len(out) == limit:
