@@ -5,10 +5,12 @@ that added part into something of the same kind that cannot hold at the same tim
 and still entails tier i-1, because every word tier i-1 has is kept:
 
     "dog" => "brown dog"            -> "black dog"
-    "brown dog" => "brown dog on a beach"   -> "brown dog in a park"
+    "brown dog" => "brown dog on a beach"   -> "brown dog in a kitchen"
     "... on a beach" => "A brown dog runs on the beach at sunset."   -> "A brown dog sits on the beach at sunset."
 
-`edit_candidates` lists such single edits of one tier; the generate stage puts them beside the student's samples and
+`edit_candidates` lists such single edits of one tier (and takes away what a "with" / "and" phrase adds: "bathroom
+with a mirror" -> "bathroom without a mirror"); `infill_slots` / `infill_edits` turn nouns a language model proposes for
+a place or a one-noun tier 2 into more candidates. The generate stage puts them beside the student's samples and
 keeps the one the judge finds contradicting tier i and entailing tier i-1, the most fluent by the student. The word
 groups are exclusive within a picture (no synonyms, no part and whole): `edits.EXCLUSIVE_GROUPS`, colours, numbers and
 opposites, plus the kinds people swapped in Breaking NLI (rooms, drinks, vegetables, materials, instruments, antonyms;
@@ -430,7 +432,12 @@ def infill_prompt(positive: list[str], tier: int, start: int, end: int) -> str:
     """What the model continues to propose a word for the slot: the text before it, or for a first word (tier 2's
     "sheep" under "animal") a list of tier i-1's kinds that names it ("Kinds of animal: sheep,")."""
     text = positive[tier - 1]
-    return f"Kinds of {positive[tier - 2]}: {text[start:end]}," if tier == 2 and not _LOCATING.search(text[:start]) else text[:start].rstrip()
+    return f"Kinds of {positive[tier - 2]}: {text[start:end]}," if _names_a_kind(positive, tier, start) else text[:start].rstrip()
+
+
+def _names_a_kind(positive: list[str], tier: int, start: int) -> bool:
+    """Whether the slot at `start` is a one-noun tier 2 (a kind of tier 1) rather than a place."""
+    return tier == 2 and not _LOCATING.search(positive[1][:start])
 
 
 def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals: list[str], limit: int) -> list[str]:
@@ -440,7 +447,7 @@ def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals
     old = text[start:end]
     taken = lemmas(positive[-1]) | lemmas(text) | lemmas(positive[tier - 2])
     known = checks.english_words(min_zipf=3.0)
-    kind = _CATEGORY_NAMES.get(positive[0].lower().strip()) if tier == 2 and not _LOCATING.search(text[:start]) else None
+    kind = _CATEGORY_NAMES.get(positive[0].lower().strip()) if _names_a_kind(positive, tier, start) else None
     out = []
     for new in dict.fromkeys(w.lower() for w in proposals):
         # a kind of tier 1 must be one of its known members: "Kinds of furniture: bench, coffee" meant "coffee table"
