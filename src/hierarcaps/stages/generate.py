@@ -19,13 +19,13 @@
   `engines.student_lm.next_words`): the slots no edit group covers.
 - choice: with `judge`, the filter's judge scores every candidate (contradicts positive tier i, entails positive tier
   i-1, at the filter's thresholds); of those that pass, edits before proposed nouns before samples, the one the
-  student finds most likely (mean log-probability: fluency) is kept; a tier where none passes is sampled again, and after the last try the candidate
-  nearest to passing is kept (the filter then rejects the row, naming the pair). This selects by the filter's NLI, so
-  acceptance alone no longer measures quality: issue 11 measured garbage accepted that way with a stand-in judge
+  student finds most likely (mean log-probability: fluency) is kept; a tier where none passes is sampled again, and
+  after the last try the candidate nearest to passing is kept (the filter then rejects the row, naming the pair). At
+  a tier not in `negative_sample_tiers` a sample is never chosen: a row whose tier no edit or proposed noun passes is
+  rejected here (`negative_no_contradiction`) and its later tiers are not written. This selects by the filter's NLI,
+  so acceptance alone no longer measures quality: issue 11 measured garbage accepted that way with a stand-in judge
   that could not tell contradiction from compatible; the judge now is `minilm-nli` (human labels), and the blind
   review (`hierarcaps review`) is the quality measure. Without the judge, the student's most likely usable sample is kept.
-  At a tier not in `negative_sample_tiers` a sample is never chosen: a row whose tier no edit or proposed noun passes
-  is rejected here (`negative_no_contradiction`).
 Nothing else here checks meaning: the filter stage tests every pair with NLI, as the HierarCaps paper builds its negatives.
 """
 
@@ -168,8 +168,8 @@ class GenerateStage(Stage):
                 continue
             stats.add("s2g_parsed")
             live.append({**row, "positive": tiers + [row["caption"]], "negative": [None] * schema.TIERS, "raw_negative": [None] * schema.TIERS})
-        for tier in range(1, schema.TIERS + 1):
-            self._sample_negative_tier(live, tier, stats)
+        for tier in range(1, schema.TIERS + 1):  # a row already rejected at an earlier tier costs nothing more
+            self._sample_negative_tier([r for r in live if not r.get("_unresolved")], tier, stats)
         out = []
         for row in live:
             if row.get("_unresolved"):
