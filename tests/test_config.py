@@ -45,3 +45,8 @@ def test_section_digest_changes_with_config():
     a, b = load_profile("offline"), load_profile("offline", {"seed.limit": 5})
     assert a.seed.digest() != b.seed.digest()
     assert a.distill.digest() == b.distill.digest()
+
+
+def test_negative_sample_tiers_name_real_tiers():
+    with pytest.raises(ValidationError, match="negative_sample_tiers"):
+        load_profile("offline", overrides={"generate.negative_sample_tiers": [1, 5]})

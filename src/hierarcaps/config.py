@@ -11,7 +11,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -136,7 +136,7 @@ class GenerateConfig(Section):
     negative_infill: int = Field(0, ge=0)
     # with `judge`: the tiers where a sample of the student may be chosen when no edit or proposed noun passes;
     # elsewhere the tier keeps the candidate nearest to passing and the filter rejects the row (issue #18)
-    negative_sample_tiers: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
+    negative_sample_tiers: list[Annotated[int, Field(ge=1, le=4)]] = Field(default_factory=lambda: [1, 2, 3, 4])
     # positives: the greedy hierarchy and this many - 1 samples are candidates (used with `judge`)
     positive_candidates: int = Field(1, ge=1)
     # choose by the filter's judge (its checks, NLI model and thresholds): the positive whose every tier the caption
