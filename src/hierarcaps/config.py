@@ -132,10 +132,11 @@ class GenerateConfig(Section):
     negative_candidates: int = Field(1, ge=1)
     # up to this many minimal edits of the positive tier (hierarcaps.negatives) join the student's samples (issue #18)
     negative_edits: int = Field(0, ge=0)
-    # up to this many words a causal-LM student proposes for each slot no edit covers join them too (issue #18)
+    # up to this many nouns a causal-LM student proposes for each place or one-noun tier-2 slot join them, chosen
+    # after the edits (issue #18)
     negative_infill: int = Field(0, ge=0)
     # with `judge`: the tiers where a sample of the student may be chosen when no edit or proposed noun passes;
-    # elsewhere the tier keeps the candidate nearest to passing and the filter rejects the row (issue #18)
+    # at the others generate rejects the row (`negative_no_contradiction`) (issue #18)
     negative_sample_tiers: list[Annotated[int, Field(ge=1, le=4)]] = Field(default_factory=lambda: [1, 2, 3, 4])
     # positives: the greedy hierarchy and this many - 1 samples are candidates (used with `judge`)
     positive_candidates: int = Field(1, ge=1)

@@ -329,7 +329,8 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
 # without a mirror"): the thing is taken away, every word of tier i-1 kept. Not where tier i-1 names the thing (then
 # the negative would not entail it), after a participle ("filled with", "topped with": no English without), nor before
 # a negation ("with no people").
-_WITH = re.compile(r"\bwith\s+(?!no\b|nothing\b|none\b|without\b|two\b|three\b|four\b|several\b|many\b)", re.IGNORECASE)
+_COUNTS = ("two", "three", "four", "several", "many")
+_WITH = re.compile(r"\bwith\s+(?!(?:no|nothing|none|without|%s)\b)" % "|".join(_COUNTS), re.IGNORECASE)
 _PHRASE_END = re.compile(r"\s*(?:,|\.|$|\b(?:and|in|on|at|near|by|under|over|while|that|which|who)\b)", re.IGNORECASE)
 
 
@@ -352,7 +353,7 @@ def _without_edits(text: str, keep: set[str]) -> list[str]:
 # "and" + a thing -> "but no" + the thing, where the thing is what tier i adds ("bathroom with a sink" => "bathroom with
 # a sink and a toilet" -> "... a sink but no toilet"): the same taking away as "without", for a list. Only a noun phrase
 # ("walking and riding" is no thing), never one tier i-1 names.
-_AND = re.compile(r"\band\s+(?:(?:a|an|the|some|two|three|four|several|many)\s+)?", re.IGNORECASE)
+_AND = re.compile(r"\band\s+(?:(?:%s)\s+)?" % "|".join(_ARTICLES + _COUNTS), re.IGNORECASE)
 
 
 def _but_no_edits(text: str, keep: set[str]) -> list[str]:
@@ -361,13 +362,18 @@ def _but_no_edits(text: str, keep: set[str]) -> list[str]:
         end = _PHRASE_END.search(text, m.end())
         thing = text[m.end() : end.start() if end else len(text)].strip()
         found = _WORD.findall(thing.lower())
-        last = _pos(found[-1]) if found else {}
-        if not found or len(found) > 4 or lemmas(thing) & keep or "NOUN" not in last and (last or found[-1] not in checks.english_words(3.0)):
+        if not found or len(found) > 4 or lemmas(thing) & keep or not _ends_in_a_noun(found):
             continue
         if found[0].endswith(("ing", "ed")) or set(_pos(found[0])) == {"VERB"} or found[0] in checks.FUNCTION_WORDS:
             continue
         out.append(text[: m.start()] + "but no " + text[m.end() :])
     return out
+
+
+def _ends_in_a_noun(found: list[str]) -> bool:
+    """A last word lemminflect calls a noun, or one it does not know that is English ("tv")."""
+    pos = _pos(found[-1])
+    return "NOUN" in pos or not pos and found[-1] in checks.english_words(3.0)
 
 
 # Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
@@ -376,7 +382,7 @@ def _but_no_edits(text: str, keep: set[str]) -> list[str]:
 # water", "tall grass" -> "green grass" may both be true of one picture, and "holding" -> "standing a baseball bat" is
 # no English (measured on a sample of 10 rows' slots, by eye).
 _LOCATING = re.compile(r"\b(?:in|on|at|inside|into|onto|atop)\s+(?:(?:a|an|the|some|his|her|their|its)\s+)?$", re.IGNORECASE)
-_ARTICLE = re.compile(r"^(?:(?:a|an|the|some)\s+)?", re.IGNORECASE)
+_ARTICLE = re.compile(r"^(?:(?:%s)\s+)?" % "|".join(_ARTICLES), re.IGNORECASE)
 # Words too generic to contradict anything ("a table" -> "an object"), pronouns, and times ("in traffic" -> "in
 # winter" is no other place).
 _GENERIC = frozenset(

@@ -16,7 +16,7 @@
   caption about a man) is never one (`negatives.tier1_compatible`).
 - with `negative_infill` > 0 (a causal-LM student), nouns the student proposes for a slot one word fills - the place a
   tier puts its subject ("in the air"), a tier 2 that is one noun - are candidates too (`negatives.infill_slots`,
-  `engines.student_lm.next_words`): the slots no edit group covers.
+  `engines.student_lm.next_words`), chosen only where no edit passes.
 - choice: with `judge`, the filter's judge scores every candidate (contradicts positive tier i, entails positive tier
   i-1, at the filter's thresholds); of those that pass, edits before proposed nouns before samples, the one the
   student finds most likely (mean log-probability: fluency) is kept; a tier where none passes is sampled again, and
@@ -169,11 +169,11 @@ class GenerateStage(Stage):
             stats.add("s2g_parsed")
             live.append({**row, "positive": tiers + [row["caption"]], "negative": [None] * schema.TIERS, "raw_negative": [None] * schema.TIERS})
         for tier in range(1, schema.TIERS + 1):  # a row already rejected at an earlier tier costs nothing more
-            self._sample_negative_tier([r for r in live if not r.get("_unresolved")], tier, stats)
+            self._sample_negative_tier([r for r in live if "_rejected_at" not in r], tier, stats)
         out = []
         for row in live:
-            if row.get("_unresolved"):
-                tier = row["_unresolved"][0]
+            if "_rejected_at" in row:
+                tier = row["_rejected_at"]
                 stats.reject("negative_no_contradiction")
                 detail = (f"negative tier {tier}: no edit or proposed noun that the judge finds contradicting positive tier {tier}"
                           f" and entailing tier {tier - 1} (samples are not used at this tier: generate.negative_sample_tiers)")
@@ -294,7 +294,7 @@ class GenerateStage(Stage):
             stats.add("negative_unjudged", sum(1 for r in pending if r["negative"][tier - 1]))
             if tier not in self.cfg.negative_sample_tiers:
                 for row in pending:
-                    row.setdefault("_unresolved", []).append(tier)
+                    row["_rejected_at"] = tier
 
     @cached_property
     def can_infill(self) -> bool:
