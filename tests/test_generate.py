@@ -314,7 +314,7 @@ def test_judged_positives_keep_a_candidate_whose_tiers_are_entailed_and_add_cont
             return ["sampled"] * len(sources)
         if not sample:
             return ["animal => zebras => zebras in a field"]
-        # "zebra => zebras" says nothing new at tier 2, so it is never a candidate
+        # "zebra => zebras" says nothing new at tier 2, so it is a candidate only regrouped ("animal => zebra => ...")
         return ["zebra => zebras => zebras in a field", "large mammal => zebras => zebras in a field"]
 
     def positive(special):
@@ -330,9 +330,36 @@ def test_judged_positives_keep_a_candidate_whose_tiers_are_entailed_and_add_cont
     # both pass: the student's most likely (here: the longest) is kept
     assert positive({})[0] == "large mammal"
     # none passes: the greedy hierarchy stays, and the filter will name the failing pair
-    everything_fails = {("zebras", t): TierNLI.NEUTRAL for t in ("animal", "large mammal")}
+    everything_fails = {(t2, t1): TierNLI.NEUTRAL for t2 in ("zebras", "zebra") for t1 in ("animal", "large mammal")}
     first, stats = positive(everything_fails)
     assert first == "animal" and stats["positive_judge_passed"] == 0
+
+
+def test_of_judged_positives_the_one_edits_can_negate_is_kept_regrouped_under_its_category(run, tmp_path):
+    table = pa.Table.from_pylist([{"id": "b", "caption": "Two birds flying over the sea at dusk.", "image_url": None, "source_file": "x.csv",
+                                   "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+
+    def student(sources, sample=False, seed=None, **kwargs):
+        if not sources[0].startswith("s2g: "):
+            return ["sampled"] * len(sources)
+        return ["bird => birds flying => birds flying over the sea"] * len(sources)
+
+    def positive(edits):
+        overrides = {**STUDENT, "generate.positive_candidates": 2, "generate.judge": True, "generate.negative_tries": 1,
+                     "generate.negative_edits": edits}
+        stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+        stage.__dict__["judge"] = Judge(stage.profile, nli=TierNLI({}))
+        stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]
+        result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
+        return result.out.to_pylist()[0]["positive"][:2], result.stats
+
+    # "birds flying" has no edit, "bird" has ("dog"): the regrouped hierarchy is kept, though the student (here: the
+    # longer text) prefers the other
+    tiers, stats = positive(12)
+    assert tiers == ["animal", "bird"] and stats["positive_regrouped"] == 1
+    assert positive(0)[0] == ["bird", "birds flying"]  # without edits nothing is negated by them: fluency alone
 
 
 def test_a_positive_that_says_a_tier_twice_is_sampled_again_then_rejected(run, tmp_path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarcaps.negatives import edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, tier1_compatible, words
+from hierarcaps.negatives import (edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, negatable, regrouped,
+                                  tier1_compatible, words)
 
 DOG = ["dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach at sunset."]
 
@@ -129,8 +130,12 @@ def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
     start = dog[2].index("beach")
     proposals = ["water", "white", "beaches", "thing", "xqzv", "running", "sofa", "winter", "kitchen", "lawn", "field"]
     # "water" is the caption's, "white" an adjective, "beaches" plural, "thing" generic, "xqzv" no word, "running" no
-    # noun, "sofa" no place (the beach is one), "winter" a time
-    assert infill_edits(dog, 3, start, start + 5, proposals, limit=2) == ["brown dog on a kitchen"]  # "lawn": ground too
+    # noun, "sofa" no place (the beach is one), "winter" a time, "lawn" ground too; a known place comes with its own
+    # preposition ("on a kitchen" is no English)
+    assert infill_edits(dog, 3, start, start + 5, proposals, limit=2) == ["brown dog in a kitchen"]
+    rocks = ["animal", "bird", "bird standing on rocks", "A bird standing on rocks near the sea."]
+    start = rocks[2].index("rocks")  # ground is a place too: "cliffs" may be beside the rocks, "kitchens" is no phrase
+    assert infill_edits(rocks, 3, start, start + 5, ["cliffs", "kitchens", "kitchen"], limit=3) == ["bird standing in a kitchen"]
     room = ["chair", "white chair", "white chair in the room", "A white chair in the room."]
     start = room[2].index("room")
     assert infill_edits(room, 3, start, start + 4, ["kitchen", "bathroom"], limit=2) == []  # kinds of room say more
@@ -159,3 +164,23 @@ def test_no_edit_breaks_a_compound_of_the_tier_before_or_puts_a_thing_where_it_c
     assert not edit_candidates(surf, 3, rng(), limit=50)  # every other place for a beach is a room
     bathroom = ["room", "toilet", "toilet in a bathroom", "A white toilet in a small bathroom."]
     assert not any(c.endswith(("on a beach", "in a park")) for c in edit_candidates(bathroom, 3, rng(), limit=50))
+    # neither half of a noun compound is swapped ("shower bowl", "panda elephant"); modifiers and actions still are
+    bowl = ["room", "bathroom", "bathroom with a toilet bowl", "A toilet bowl in a bathroom."]
+    assert edit_candidates(bowl, 3, rng(), limit=50) == ["bathroom without a toilet bowl"]
+    assert edit_candidates(["animal", "panda bear", "panda bear in a tree", "A panda bear in a tree."], 2, rng()) == []
+    assert "soccer player" in edit_candidates(["person", "tennis player", "tennis player on a court", "A tennis player."], 2, rng())
+    assert "dog walking" in edit_candidates(["animal", "dog sitting", "dog sitting on a couch", "A dog sitting on a couch."], 2, rng())
+
+
+def test_a_tier_1_that_is_a_kind_of_a_category_is_regrouped_under_it_when_tier_2_only_adds_to_it():
+    assert regrouped(["bird", "birds flying", "birds flying in a gray sky"]) == ["animal", "bird", "birds flying in a gray sky"]
+    assert regrouped(["oven", "oven door", "man holding an oven door"]) == ["appliance", "oven", "man holding an oven door"]
+    assert regrouped(["animal", "dog", "dog on a beach"]) is None  # already a category
+    assert regrouped(["bird", "parrot", "parrot on a branch"]) is None  # tier 2 says another word: no refinement of it
+    sea = "Birds flying over the sea."
+    assert negatable(["bird", "birds flying", "birds flying over the sea", sea], slots=True) == 0
+    assert negatable(["animal", "bird", "birds flying over the sea", sea], slots=True) == 1  # "bird" -> "dog"
+    park = "A dog running in a park."
+    assert negatable(["animal", "dog", "dog in a park", park], slots=False) == 3  # "cat", "in a kitchen", "lying"
+    assert negatable(["animal", "dog", "dog on a lawn", park], slots=False) == 2  # no edit of "on a lawn"
+    assert negatable(["animal", "dog", "dog on a lawn", park], slots=True) == 3  # "on a ___"

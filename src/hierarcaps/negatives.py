@@ -96,6 +96,12 @@ _NO_OBJECT = re.compile(r"\s+(?:in|on|at|near|by|down|up|through|over|along|acro
 _LISTED_BEFORE = re.compile(r"(?:\band|\bwith|,)\s+(?:(?:a|an|the|some|two|three|his|her|their)\s+)?(?:[a-z]+\s+)?$", re.IGNORECASE)
 _LISTED_AFTER = re.compile(r"\s*(?:,|and\b)", re.IGNORECASE)
 _COLOUR_WORDS = frozenset(edits.COLOURS)
+# Words that modify the next one by nature ("brown dog", "glass table", "tennis player"): changed there. Any other word
+# next to a noun is half of a compound ("toilet bowl" -> "shower bowl", "panda bear" -> "panda elephant") and is not.
+_MODIFIERS = _COLOUR_WORDS | frozenset(edits.NUMBERS) | frozenset(_BREAKING_NLI[2]) | frozenset(_COCO[0]) | frozenset(
+    "day night summer winter adult child".split())
+_NEXT_WORD = re.compile(r"\s+([a-z]+)\b", re.IGNORECASE)
+_LAST_WORD = re.compile(r"\b([a-z]+)\s+$", re.IGNORECASE)
 # Tier 1's generic concepts, used only at tier 1 ("a truck and a building" -> "... and a food" is no caption): a tier 1
 # is changed into another category that nothing in the caption belongs to. Each category with the tier-1 texts that
 # name it and the words that put it in a caption ("a man on a bus": neither "person" nor "vehicle" contradicts it).
@@ -121,6 +127,15 @@ for _kind in ("person", "animal", "vehicle", "food"):
     CATEGORIES[_kind][1].update(w for group in edits.EXCLUSIVE_GROUPS[_kind] for w in group)
 CATEGORIES["animal"][1].update({"cattle", "cow", "goat", "pig", "duck", "pigeon", "seagull", "parrot", "owl", "eagle", "swan"})
 _CATEGORY_NAMES = {name: kind for kind, (names, _) in CATEGORIES.items() for name in names}
+# Words that are a kind of a category, with the category word of their number ("fridge" -> "appliance", "men" ->
+# "people"): the members of CATEGORIES that are kinds of it (not food / vehicle / building / plant / sport / person,
+# whose lists also hold words that merely place the category in a caption: "plate", "street") and of
+# edits.EXCLUSIVE_GROUPS. The judge's training pairs (`nli.domain`: "dog" => "animal") and `regrouped` use them.
+_KIND_NAMES = {"person": ("person", "people"), "animal": ("animal", "animals"), "vehicle": ("vehicle", "vehicles"), "food": ("food", "food")}
+HYPONYMS = {word: CATEGORIES[kind][0][0] for kind in ("animal", "appliance", "furniture", "room", "device")
+            for word in CATEGORIES[kind][1] if word not in CATEGORIES[kind][0]}
+HYPONYMS |= {word: _KIND_NAMES[kind][number] for kind in _KIND_NAMES for number, group in enumerate(edits.EXCLUSIVE_GROUPS[kind])
+             for word in group}
 # Opposite relations and states. Not "on" / "under" or "up" / "down": in captions they are mostly idiom ("on top of",
 # "close-up", "sitting down"), and the swap reads as garbage ("a clock under the top of a building").
 # Not "with" / "without" nor "near" / "far from": "a station without a train" no longer names the train tier i-1 has,
@@ -181,6 +196,8 @@ def _vocabulary() -> dict[str, tuple[str, ...]]:
 
 
 VOCAB = _vocabulary()
+# The swapped words that are things (not modifiers, actions or opposites): only they can be half of a noun compound.
+_NOUNS = frozenset(VOCAB) - _MODIFIERS - _ACTION_WORDS - {w for pair in OPPOSITES for w in pair}
 _VOCAB_RE = re.compile(r"(?<![\w-])(%s)(?![\w-])" % "|".join(sorted(map(re.escape, VOCAB), key=len, reverse=True)), re.IGNORECASE)
 
 
@@ -214,6 +231,24 @@ def kept(word: str, keep: set[str]) -> bool:
     return bool(own & keep) or any(k.startswith(w) for w in own if len(w) >= 5 for k in keep)
 
 
+def _noun(word: str | None, unknown: bool = False) -> bool:
+    """Whether `word` is a noun in its base form (not "runs", "sitting", "parked", nor a function word or a word that
+    can be an adjective / adverb: "next", "full", "young"); `unknown` for a word the lexicon lacks ("teddy")."""
+    from lemminflect import getAllLemmas
+
+    if not word or word in checks.FUNCTION_WORDS or word in _MODIFIERS or word.endswith(("s", "ing", "ed")):
+        return False
+    kinds = getAllLemmas(word)
+    return unknown if not kinds else "NOUN" in kinds and not kinds.keys() & {"ADJ", "ADV", "AUX"}
+
+
+def _compound(text: str, start: int, end: int) -> bool:
+    """Whether the word at start:end is half of a noun compound: a noun comes right after it ("toilet bowl" ->
+    "shower bowl") or right before it ("panda bear" -> "panda elephant", "teddy bear")."""
+    after, before = _NEXT_WORD.match(text, end), _LAST_WORD.search(text[:start])
+    return _noun(after and after.group(1).lower()) or _noun(before and before.group(1).lower(), unknown=True)
+
+
 def fits(place: str, present: set[str]) -> bool:
     """Whether a text about `present` (lemmas) can be in `place`: no outdoor thing in a room, no indoor one outside."""
     return not present & (OUTDOOR_THINGS if place in INDOOR else INDOOR_THINGS if place in PLACES else frozenset())
@@ -245,6 +280,24 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
         return tier1
     mended = kinds[0][0][0] if kinds else phrase[-1] if len(found) > 1 else tier1
     return tier1 if mended == tier2.lower().strip() else mended
+
+
+def regrouped(tiers: list[str]) -> list[str] | None:
+    """[t1, t2, t3] -> [t1's category, t1, t3] where t1 is a kind of a category (`HYPONYMS`) and t2 only adds words
+    to it ("bird => birds flying => birds flying in a gray sky" -> "animal => bird => ..."): tier 2 then names a
+    member another member contradicts ("dog"), where "birds flying" had no edit. None otherwise."""
+    t1, t2, t3 = tiers
+    category = HYPONYMS.get(t1.lower().strip())
+    if category is None or t1.lower().strip() == t2.lower().strip() or not lemmas(t1) <= lemmas(t2):
+        return None
+    return [category, t1, t3]
+
+
+def negatable(positive: list[str], slots: bool) -> int:
+    """How many of tiers 2-4 have a minimal edit (or, with `slots`, a slot a proposed noun fills): a tier without
+    either gets no negative where samples are not used, and its row is rejected."""
+    rng = np.random.default_rng(0)  # only whether a tier has any edit counts
+    return sum(bool(edit_candidates(positive, t, rng, limit=1) or slots and infill_slots(positive, t)) for t in range(2, len(positive) + 1))
 
 
 def tier1_compatible(text: str, caption: str) -> bool:
@@ -311,6 +364,8 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         if old in _SPORT_WORDS and _SPORT_THINGS.match(text, m.end()):
             continue
         if old in _TRANSITIVE and _NO_OBJECT.match(text, m.end()):
+            continue
+        if old in _NOUNS and _compound(text, m.start(), m.end()):
             continue
         if old not in _COLOUR_WORDS and (_LISTED_BEFORE.search(text[: m.start()]) or _LISTED_AFTER.match(text, m.end())):
             continue
@@ -390,6 +445,8 @@ _GENERIC = frozenset(
     "kinds type types lot lots set piece pieces system unit stuff something someone use image photo picture him me us "
     "winter summer spring autumn fall day night morning evening afternoon noon midnight sunset sunrise daylight time".split()
 )
+# Ground one outdoor place may have beside another ("on rocks" -> "on cliffs" is compatible): a place, and outdoors.
+_GROUND = "rock cliff dirt ground mud gravel pavement concrete ice stone boulder".split()
 # Where a thing is, as opposed to what it rests on: a proposal is a place exactly when the word it replaces is one
 # ("pizza on a plate" -> "on a beach" may be a picnic; "on a field" -> "on a bench" may be both).
 PLACE_WORDS = frozenset(PLACES) | frozenset(
@@ -397,14 +454,14 @@ PLACE_WORDS = frozenset(PLACES) | frozenset(
     "driveway runway lot jungle woods wood savanna enclosure pen barn church market mall store shop bar cafe kitchen "
     "hospital school library museum studio hallway porch balcony patio deck dock harbor marina pier station bridge "
     "boat ship bus train plane airplane truck car".split()  # a vehicle is where people and things ride
-)
+) | frozenset(_GROUND)
 
 
 # Outdoor places and ground: one may hold another ("a plane in a field" -> "in a park", "grass" -> "forest").
 _OUTDOOR_PLACES = frozenset(PLACES) - frozenset(INDOOR) | frozenset(
     "grass tree woods wood meadow pasture wetland wetlands hill hillside lawn garden yard countryside jungle savanna "
     "shore mountain".split()
-)
+) | frozenset(_GROUND)
 # People, devices, body parts and positions are not filled: "skateboarder" -> "woman" may be the same person, "on the
 # phone" and "umbrella in hand" ("in bed") name no place, "on the bottom" is where "on the floor" may be.
 _NOT_FILLED = CATEGORIES["person"][1] | CATEGORIES["device"][1] | frozenset(
@@ -448,7 +505,8 @@ def _names_a_kind(positive: list[str], tier: int, start: int) -> bool:
 
 def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals: list[str], limit: int) -> list[str]:
     """Positive tier `tier` with the noun at start:end replaced by each proposal that is a noun of the same number, in
-    order, skipping words tier i-1, the tier or the caption has, rare words and generic ones."""
+    order, skipping words tier i-1, the tier or the caption has, rare words and generic ones; a proposal that is one
+    of PLACES comes with its own preposition ("on a beach" -> "in a kitchen", not "on a kitchen")."""
     text = positive[tier - 1]
     old = text[start:end]
     taken = lemmas(positive[-1]) | lemmas(text) | lemmas(positive[tier - 2])
@@ -461,17 +519,18 @@ def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals
             continue
         if new in checks.FUNCTION_WORDS or new in _GENERIC or new not in known or lemmas(new) & taken:
             continue
+        at = _LOCATING.search(text[:start]) if new in PLACES else None  # a known place, with its own preposition
         pos = _pos(new)  # a noun that is not also an adjective: "on a white" is no place
-        if "NOUN" not in pos or "ADJ" in pos or _plural(new) != _plural(old.lower()):
+        if "NOUN" not in pos or "ADJ" in pos or not at and _plural(new) != _plural(old.lower()):
             continue
         if (lemmas(new) & PLACE_WORDS != set()) != (lemmas(old) & PLACE_WORDS != set()) or not fits(new, taken):
             continue
-        if lemmas(old) & _OUTDOOR_PLACES and not lemmas(new) & set(INDOOR):  # as a place swap: "field" -> "park" may be both
+        if lemmas(old) & _OUTDOOR_PLACES and new not in INDOOR:  # as a place swap: "field" -> "park" may be both
             continue
         named = _CATEGORY_NAMES.get(old.lower())
         if named is not None and lemmas(new) & CATEGORIES[named][1]:  # "in the room" -> "in the kitchen" says more
             continue
-        out.append(_edits_at(text, start, end, [new], old)[0])
+        out.append(_edits_at(text, at.start(), end, [PLACES[new]], old)[0] if at else _edits_at(text, start, end, [new], old)[0])
         if len(out) == limit:
             break
     return out

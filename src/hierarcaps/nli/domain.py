@@ -39,7 +39,7 @@ from hierarcaps.checks import normalize
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
 from hierarcaps.engines.nli import content_words
 from hierarcaps import edits
-from hierarcaps.negatives import fix_article, swap_place
+from hierarcaps.negatives import HYPONYMS, fix_article, swap_place
 from hierarcaps.nli.human import LabelledPair
 from hierarcaps.nli.pairs import Hierarchy
 from hierarcaps.schema import TIERS
@@ -51,21 +51,16 @@ DETAILS = (
 )  # fmt: skip
 
 
-# Category words a member entails: (category singular, plural) for each exclusive group of edits.EXCLUSIVE_GROUPS.
-CATEGORIES = {"person": ("person", "people"), "animal": ("animal", "animals"), "vehicle": ("vehicle", "vehicles"),
-              "food": ("food", "food")}
 NEG_TIER1_PER_TEXT = 20
-_CATEGORY_OF = {word: CATEGORIES[kind][number] for kind in CATEGORIES for number, group in enumerate(edits.EXCLUSIVE_GROUPS[kind])
-                for word in group}
 
 
 def hypernym(text: str, rng: np.random.Generator) -> str | None:
     """`text` with one member of a category replaced by the category ("a man on a bench" -> "a person on a bench")."""
-    hits = [m for m in re.finditer(r"\b(?:[Hh]ot dogs?|[A-Za-z]+)\b", text) if m.group(0).lower() in _CATEGORY_OF]
+    hits = [m for m in re.finditer(r"\b(?:[Hh]ot dogs?|[A-Za-z]+)\b", text) if m.group(0).lower() in HYPONYMS]
     if not hits:
         return None
     m = hits[int(rng.integers(len(hits)))]
-    new = _CATEGORY_OF[m.group(0).lower()]
+    new = HYPONYMS[m.group(0).lower()]
     return fix_article(text[: m.start()] + (new.capitalize() if m.group(0)[0].isupper() else new) + text[m.end():], m.start())
 
 
@@ -103,11 +98,11 @@ def hierarchy_pairs(h: Hierarchy, same_image: list[Hierarchy], sibs: dict[str, l
             out.append(LabelledPair(p[j], p[i], ENTAILMENT, "tier_link" if (i, j) == (0, 1) else "tier_entail"))
             if _adds_content(p[i], p[j]):
                 out.append(LabelledPair(p[i], p[j], NEUTRAL, "tier_generic"))
-    category = _CATEGORY_OF.get(normalize(p[1]))
+    category = HYPONYMS.get(normalize(p[1]))
     if category is not None and category != normalize(p[0]):
         out.append(LabelledPair(p[1], category, ENTAILMENT, "tier_link"))
     out += [LabelledPair(n[i], p[i - 1], ENTAILMENT, "neg_prev") for i in range(1, TIERS)]
-    if normalize(n[0]) != normalize(p[0]) and normalize(n[0]) not in {_CATEGORY_OF.get(normalize(t)) for t in p[:2]}:
+    if normalize(n[0]) != normalize(p[0]) and normalize(n[0]) not in {HYPONYMS.get(normalize(t)) for t in p[:2]}:
         out.append(LabelledPair(p[0], n[0], CONTRADICTION, "neg_tier1"))
     t = int(rng.integers(0, TIERS))
     general = hypernym(p[t], rng)

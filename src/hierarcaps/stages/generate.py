@@ -45,7 +45,8 @@ from hierarcaps.checks import normalize, restates
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.engines.nli import content_words
 from hierarcaps.judge import Judge, negative_tier_pairs, rule_pairs
-from hierarcaps.negatives import edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, tier1_compatible
+from hierarcaps.negatives import (edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, negatable, regrouped,
+                                  tier1_compatible)
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
 from hierarcaps.stats import Stats
@@ -209,23 +210,28 @@ class GenerateStage(Stage):
         return parsed
 
     def _judge_positives(self, rows: list[dict], sources: list[str], parsed: list, stats: Stats) -> None:
-        """Of each row's candidates (the greedy hierarchy and `positive_candidates` - 1 samples) that pass the judge's
-        checks and positive-side NLI rules and add content at every tier, keep the one the student finds most likely;
-        a row where none passes keeps the greedy one."""
+        """Of each row's candidates (the greedy hierarchy and `positive_candidates` - 1 samples, each also regrouped
+        under its tier 1's category: `negatives.regrouped`) that pass the judge's checks and positive-side NLI rules and
+        add content at every tier, keep - among those with the most tiers an edit or proposed noun can negate
+        (`negatives.negatable`, with `negative_edits`) - the one the student finds most likely; a row where none
+        passes keeps the greedy one."""
         k = self.cfg.positive_candidates - 1
         sampled = self._generate([s for s in sources for _ in range(k)], sample=True, temperature=self.cfg.positive_temperature,
                                  top_p=self.cfg.negative_top_p,
                                  seed=[row_seed(self.cfg.seed, r["id"], 0, 100 + j) for r in rows for j in range(k)])
-        options = []
+        options, regroups = [], set()
         for n, row in enumerate(rows):
             extra = [(t, tiers) for t in sampled[n * k : (n + 1) * k] if (tiers := positive_tiers(t, row["caption"]))]
             seen, mine = set(), []
             for text, tiers in [parsed[n], *extra]:
-                key = tuple(map(normalize, tiers)) if tiers else None
-                if tiers and key not in seen and adds_content_each_tier(tiers + [row["caption"]]) and not self.judge.structural(
-                        tiers + [row["caption"]], None, row["caption"]):
-                    seen.add(key)
-                    mine.append((text, tiers))
+                for option in (tiers, regrouped(tiers)) if tiers else ():
+                    key = tuple(map(normalize, option)) if option else None
+                    if option and key not in seen and adds_content_each_tier(option + [row["caption"]]) and not self.judge.structural(
+                            option + [row["caption"]], None, row["caption"]):
+                        seen.add(key)
+                        mine.append((text if option is tiers else schema.SEPARATOR.join(option), option))
+                        if option is not tiers:
+                            regroups.add(id(option))
             options.append(mine)
         positives = [tiers + [row["caption"]] for row, mine in zip(rows, options) for _, tiers in mine]
         passed = iter(m >= 0 for m in self.judge.margins([rule_pairs(positive, None) for positive in positives]))
@@ -233,12 +239,17 @@ class GenerateStage(Stage):
         for n, mine in enumerate(options):
             good = [option for option in mine if next(passed)]
             stats.add("positive_judge_passed", int(bool(good)))
+            if good and self.cfg.negative_edits:  # a positive whose tiers have no edit gets no negative (rejected)
+                slots = bool(self.cfg.negative_infill) and self.can_infill
+                counts = [negatable(tiers + [rows[n]["caption"]], slots) for _, tiers in good]
+                good = [option for option, c in zip(good, counts) if c == max(counts)]
             if good:
                 ranked.append((n, good))
         pairs = [(sources[n], text) for n, good in ranked if len(good) > 1 for text, _ in good]
         scores = iter(self._score([s for s, _ in pairs], [t for _, t in pairs]) if pairs else [])
         for n, good in ranked:
             parsed[n] = good[0] if len(good) == 1 else max(zip([next(scores) for _ in good], good), key=lambda x: x[0])[1]
+            stats.add("positive_regrouped", int(id(parsed[n][1]) in regroups))
 
     def _score(self, sources: list[str], targets: list[str]) -> list[float]:
         from hierarcaps.engines.seq2seq import student_score
