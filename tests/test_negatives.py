@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierarcaps.negatives import (edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, negatable, regrouped,
-                                  tier1_compatible, words)
+from hierarcaps.infill import infill_edits, infill_prompt, infill_slots, negatable
+from hierarcaps.negatives import edit_candidates, grounded_tier1, regrouped, tier1_compatible, words
 
 DOG = ["dog", "brown dog", "brown dog on a beach", "A brown dog runs on the beach at sunset."]
 

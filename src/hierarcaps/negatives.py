@@ -9,8 +9,8 @@ and still entails tier i-1, because every word tier i-1 has is kept:
     "... on a beach" => "A brown dog runs on the beach at sunset."   -> "A brown dog sits on the beach at sunset."
 
 `edit_candidates` lists such single edits of one tier (and takes away what a "with" / "and" phrase adds: "bathroom
-with a mirror" -> "bathroom without a mirror"); `infill_slots` / `infill_edits` turn nouns a language model proposes for
-a place or a one-noun tier 2 into more candidates. The generate stage puts them beside the student's samples and
+with a mirror" -> "bathroom without a mirror"); `hierarcaps.infill` turns nouns a language model proposes for a place
+or a one-noun tier 2 into more candidates. The generate stage puts them beside the student's samples and
 keeps the one the judge finds contradicting tier i and entailing tier i-1, the most fluent by the student. The word
 groups are exclusive within a picture (no synonyms, no part and whole): `edits.EXCLUSIVE_GROUPS`, colours, numbers and
 opposites, plus the kinds people swapped in Breaking NLI (rooms, drinks, vegetables, materials, instruments, antonyms;
@@ -126,7 +126,7 @@ CATEGORIES = {
 for _kind in ("person", "animal", "vehicle", "food"):
     CATEGORIES[_kind][1].update(w for group in edits.EXCLUSIVE_GROUPS[_kind] for w in group)
 CATEGORIES["animal"][1].update({"cattle", "cow", "goat", "pig", "duck", "pigeon", "seagull", "parrot", "owl", "eagle", "swan"})
-_CATEGORY_NAMES = {name: kind for kind, (names, _) in CATEGORIES.items() for name in names}
+CATEGORY_NAMES = {name: kind for kind, (names, _) in CATEGORIES.items() for name in names}
 # Words that are a kind of a category, with the category word of their number ("fridge" -> "appliance", "men" ->
 # "people"): the members of CATEGORIES that are kinds of it (not food / vehicle / building / plant / sport / person,
 # whose lists also hold words that merely place the category in a caption: "plate", "street") and of
@@ -172,12 +172,12 @@ OUTDOOR_THINGS = frozenset(
 )  # not the places themselves: those are what a place swap changes
 INDOOR_THINGS = frozenset("toilet sink bathtub shower oven refrigerator fridge microwave stove bed couch sofa desk".split())
 _PREPOSITIONS = ("in", "on", "at", "near", "by", "inside", "along", "across", "through", "into", "onto")
-_ARTICLES = ("a", "an", "the", "some")
+ARTICLES = ("a", "an", "the", "some")
 _PLACE_RE = re.compile(
-    r"\b(?:(?:%s)\s+)(?:(?:%s)\s+)?(%s)\b" % ("|".join(_PREPOSITIONS), "|".join(_ARTICLES), "|".join(sorted(map(re.escape, PLACES), key=len, reverse=True))),
+    r"\b(?:(?:%s)\s+)(?:(?:%s)\s+)?(%s)\b" % ("|".join(_PREPOSITIONS), "|".join(ARTICLES), "|".join(sorted(map(re.escape, PLACES), key=len, reverse=True))),
     re.IGNORECASE,
 )
-_WORD = re.compile(r"[a-z]+")
+WORD = re.compile(r"[a-z]+")
 # A sport word that names equipment or ground keeps its sport: "tennis racket" -> "basketball racket" is no thing.
 _SPORT_WORDS = frozenset(_COCO[0])
 _SPORT_THINGS = re.compile(r"\s+(?:rackets?|racquets?|bats?|gloves?|mitts?|nets?|courts?|helmets?|uniforms?|sticks?|clubs?|shoes?)\b", re.IGNORECASE)
@@ -203,7 +203,7 @@ _VOCAB_RE = re.compile(r"(?<![\w-])(%s)(?![\w-])" % "|".join(sorted(map(re.escap
 
 def words(text: str) -> set[str]:
     """Lower-case words, plural -s dropped, so "dogs" -> "dog" counts as keeping a word and "two horses" as taken."""
-    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in _WORD.findall(text.lower())}
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in WORD.findall(text.lower())}
 
 
 # Words that say what another says: "inside" keeps tier i-1's "in" ("in a kitchen" -> "outside a kitchen" no longer
@@ -219,7 +219,7 @@ def lemmas(text: str) -> set[str]:
     from lemminflect import getAllLemmas
 
     out = words(text)
-    for word in _WORD.findall(text.lower()):
+    for word in WORD.findall(text.lower()):
         out.update(lemma for forms in getAllLemmas(word).values() for lemma in forms)
     return out | {_SAME[w] for w in out if w in _SAME}
 
@@ -258,7 +258,7 @@ def tier1_options(caption: str, current: str) -> list[str]:
     """Categories a tier-1 negative may name: none the caption mentions a member of, nor the current tier 1's."""
     present = lemmas(caption) | lemmas(current)
     here = {kind for kind, (names, members) in CATEGORIES.items() if present & (members | {n for n in names if " " not in n})}
-    here.add(_CATEGORY_NAMES.get(current.lower().strip(), ""))
+    here.add(CATEGORY_NAMES.get(current.lower().strip(), ""))
     return [kind for kind in CATEGORIES if kind not in here]
 
 
@@ -268,7 +268,7 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
     noun ("room" of "bathroom"), or names a category (or a member word of one: "fruit") that tier 2's head noun belongs
     to. Else the head noun's category ("horse" -> "animal"), else the head noun itself when tier 2 says more ("fire
     hydrant" -> "hydrant"); a one-word tier 2 of no known category keeps its tier 1."""
-    found = _WORD.findall(tier2.lower())
+    found = WORD.findall(tier2.lower())
     end = next((i for i, w in enumerate(found) if i and w in checks.FUNCTION_WORDS), len(found))
     phrase = [w for w in found[:end] if w not in checks.FUNCTION_WORDS]
     own = lemmas(tier1) - checks.FUNCTION_WORDS
@@ -293,17 +293,10 @@ def regrouped(tiers: list[str]) -> list[str] | None:
     return [category, t1, t3]
 
 
-def negatable(positive: list[str], slots: bool) -> int:
-    """How many of tiers 2-4 have a minimal edit (or, with `slots`, a slot a proposed noun fills): a tier without
-    either gets no negative where samples are not used, and its row is rejected."""
-    rng = np.random.default_rng(0)  # only whether a tier has any edit counts
-    return sum(bool(edit_candidates(positive, t, rng, limit=1) or slots and infill_slots(positive, t)) for t in range(2, len(positive) + 1))
-
-
 def tier1_compatible(text: str, caption: str) -> bool:
     """A tier-1 negative that names something the caption mentions (a category of one of its words, or a word of it)
     cannot contradict the picture: "person" for a caption about a man, "water" for a boat on the water."""
-    kind = _CATEGORY_NAMES.get(text.lower().strip())
+    kind = CATEGORY_NAMES.get(text.lower().strip())
     if kind is not None:
         return kind not in tier1_options(caption, "")
     return bool(lemmas(text) & lemmas(caption) - {"a", "an", "the"})
@@ -319,7 +312,7 @@ def fix_article(text: str, start: int) -> str:
     return text[: m.start(1)] + wanted + text[m.end(1):]
 
 
-def _edits_at(text: str, start: int, end: int, alternatives, old: str) -> list[str]:
+def edits_at(text: str, start: int, end: int, alternatives, old: str) -> list[str]:
     out = []
     for new in alternatives:
         new = new[:1].upper() + new[1:] if old[:1].isupper() else new
@@ -334,7 +327,7 @@ def swap_place(text: str, rng: np.random.Generator) -> str | None:
         return None
     m = hits[int(rng.integers(len(hits)))]
     others = [PLACES[p] for p in NEW_PLACES if p != m.group(1).lower() and not words(p) & words(text)]
-    return _edits_at(text, m.start(), m.end(), [others[int(rng.integers(len(others)))]], m.group(0))[0]
+    return edits_at(text, m.start(), m.end(), [others[int(rng.integers(len(others)))]], m.group(0))[0]
 
 
 def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, limit: int = 12) -> list[str]:
@@ -351,7 +344,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
             continue
         others = [PLACES[p] for p in (NEW_PLACES if noun in INDOOR else INDOOR) if p != noun and not words(p) & taken and fits(p, taken)]
         spans.append((m.start(), m.end()))
-        by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(0)))
+        by_span.append(edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(0)))
     if tier == 1:
         options = tier1_options(caption, text)
         by_span.append([options[i] for i in rng.permutation(len(options))])
@@ -371,7 +364,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
             continue
         others = [w for w in VOCAB[old] if not lemmas(w) & taken]
         if others:
-            by_span.append(_edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(1)))
+            by_span.append(edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(1)))
     if tier > 1:
         by_span += [[e] for e in _without_edits(text, keep) + _but_no_edits(text, keep)]
     out: list[str] = []
@@ -394,7 +387,7 @@ def _without_edits(text: str, keep: set[str]) -> list[str]:
         return []
     out = []
     for m in _WITH.finditer(text):
-        before = _WORD.findall(text[: m.start()].lower())
+        before = WORD.findall(text[: m.start()].lower())
         if not before or before[-1].endswith("ed"):
             continue
         end = _PHRASE_END.search(text, m.end())
@@ -408,7 +401,7 @@ def _without_edits(text: str, keep: set[str]) -> list[str]:
 # "and" + a thing -> "but no" + the thing, where the thing is what tier i adds ("bathroom with a sink" => "bathroom with
 # a sink and a toilet" -> "... a sink but no toilet"): the same taking away as "without", for a list. Only a noun phrase
 # ("walking and riding" is no thing), never one tier i-1 names.
-_AND = re.compile(r"\band\s+(?:(?:%s)\s+)?" % "|".join(_ARTICLES + _COUNTS), re.IGNORECASE)
+_AND = re.compile(r"\band\s+(?:(?:%s)\s+)?" % "|".join(ARTICLES + _COUNTS), re.IGNORECASE)
 
 
 def _but_no_edits(text: str, keep: set[str]) -> list[str]:
@@ -416,10 +409,10 @@ def _but_no_edits(text: str, keep: set[str]) -> list[str]:
     for m in _AND.finditer(text):
         end = _PHRASE_END.search(text, m.end())
         thing = text[m.end() : end.start() if end else len(text)].strip()
-        found = _WORD.findall(thing.lower())
+        found = WORD.findall(thing.lower())
         if not found or len(found) > 4 or lemmas(thing) & keep or not _ends_in_a_noun(found):
             continue
-        if found[0].endswith(("ing", "ed")) or set(_pos(found[0])) == {"VERB"} or found[0] in checks.FUNCTION_WORDS:
+        if found[0].endswith(("ing", "ed")) or set(parts_of_speech(found[0])) == {"VERB"} or found[0] in checks.FUNCTION_WORDS:
             continue
         out.append(text[: m.start()] + "but no " + text[m.end() :])
     return out
@@ -427,120 +420,11 @@ def _but_no_edits(text: str, keep: set[str]) -> list[str]:
 
 def _ends_in_a_noun(found: list[str]) -> bool:
     """A last word lemminflect calls a noun, or one it does not know that is English ("tv")."""
-    pos = _pos(found[-1])
+    pos = parts_of_speech(found[-1])
     return "NOUN" in pos or not pos and found[-1] in checks.english_words(3.0)
 
 
-# Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
-# word can only be one thing: the noun that locates the subject ("in the air" -> "in the water"), and a tier 2 that is
-# one noun ("bird" under "animal" -> "dog"). Not other nouns, adjectives or verbs: "next to the grass" -> "next to the
-# water", "tall grass" -> "green grass" may both be true of one picture, and "holding" -> "standing a baseball bat" is
-# no English (measured on a sample of 10 rows' slots, by eye).
-_LOCATING = re.compile(r"\b(?:in|on|at|inside|into|onto|atop)\s+(?:(?:a|an|the|some|his|her|their|its)\s+)?$", re.IGNORECASE)
-_ARTICLE = re.compile(r"^(?:(?:%s)\s+)?" % "|".join(_ARTICLES), re.IGNORECASE)
-# Words too generic to contradict anything ("a table" -> "an object"), pronouns, and times ("in traffic" -> "in
-# winter" is no other place).
-_GENERIC = frozenset(
-    "thing things object objects item items structure structures area areas place places view views way part parts kind "
-    "kinds type types lot lots set piece pieces system unit stuff something someone use image photo picture him me us "
-    "winter summer spring autumn fall day night morning evening afternoon noon midnight sunset sunrise daylight time".split()
-)
-# Ground one outdoor place may have beside another ("on rocks" -> "on cliffs" is compatible): a place, and outdoors.
-_GROUND = "rock cliff dirt ground mud gravel pavement concrete ice stone boulder".split()
-# Where a thing is, as opposed to what it rests on: a proposal is a place exactly when the word it replaces is one
-# ("pizza on a plate" -> "on a beach" may be a picnic; "on a field" -> "on a bench" may be both).
-PLACE_WORDS = frozenset(PLACES) | frozenset(
-    "air room yard garden sidewalk shore pasture meadow hill hillside countryside town village stadium playground lawn "
-    "driveway runway lot jungle woods wood savanna enclosure pen barn church market mall store shop bar cafe kitchen "
-    "hospital school library museum studio hallway porch balcony patio deck dock harbor marina pier station bridge "
-    "boat ship bus train plane airplane truck car".split()  # a vehicle is where people and things ride
-) | frozenset(_GROUND)
-
-
-# Outdoor places and ground: one may hold another ("a plane in a field" -> "in a park", "grass" -> "forest").
-_OUTDOOR_PLACES = frozenset(PLACES) - frozenset(INDOOR) | frozenset(
-    "grass tree woods wood meadow pasture wetland wetlands hill hillside lawn garden yard countryside jungle savanna "
-    "shore mountain".split()
-) | frozenset(_GROUND)
-# People, devices, body parts and positions are not filled: "skateboarder" -> "woman" may be the same person, "on the
-# phone" and "umbrella in hand" ("in bed") name no place, "on the bottom" is where "on the floor" may be.
-_NOT_FILLED = CATEGORIES["person"][1] | CATEGORIES["device"][1] | frozenset(
-    "phone cellphone camera hand head mouth arm lap face hair back front side middle top bottom edge center corner end "
-    "background foreground distance".split()
-)
-
-
-def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
-    """(start, end) of each word of positive tier `tier` (2..4) that a language model may replace."""
-    text = positive[tier - 1]
-    keep = lemmas(positive[tier - 2])
-    found = list(_WORD.finditer(text.lower()))
-    if tier == 2 and len(found) - bool(_ARTICLE.match(text).group(0)) == 1:
-        m = found[-1]
-        named = _CATEGORY_NAMES.get(positive[0].lower().strip())  # "Kinds of cook: stove," has no answer
-        return [] if named is None or kept(m.group(0), keep) or "NOUN" not in _pos(m.group(0)) else [(m.start(), m.end())]
-    out = []
-    for k, m in enumerate(found):
-        word = m.group(0)
-        following = found[k + 1].group(0) if k + 1 < len(found) else None
-        if word in checks.FUNCTION_WORDS or kept(word, keep) or "NOUN" not in _pos(word) or lemmas(word) & _NOT_FILLED:
-            continue
-        if following and following not in checks.FUNCTION_WORDS or not _LOCATING.search(text[: m.start()]):
-            continue
-        out.append((m.start(), m.end()))
-    return out
-
-
-def infill_prompt(positive: list[str], tier: int, start: int, end: int) -> str:
-    """What the model continues to propose a word for the slot: the text before it, or for a first word (tier 2's
-    "sheep" under "animal") a list of tier i-1's kinds that names it ("Kinds of animal: sheep,")."""
-    text = positive[tier - 1]
-    return f"Kinds of {positive[tier - 2]}: {text[start:end]}," if _names_a_kind(positive, tier, start) else text[:start].rstrip()
-
-
-def _names_a_kind(positive: list[str], tier: int, start: int) -> bool:
-    """Whether the slot at `start` is a one-noun tier 2 (a kind of tier 1) rather than a place."""
-    return tier == 2 and not _LOCATING.search(positive[1][:start])
-
-
-def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals: list[str], limit: int) -> list[str]:
-    """Positive tier `tier` with the noun at start:end replaced by each proposal that is a noun of the same number, in
-    order, skipping words tier i-1, the tier or the caption has, rare words and generic ones; a proposal that is one
-    of PLACES comes with its own preposition ("on a beach" -> "in a kitchen", not "on a kitchen")."""
-    text = positive[tier - 1]
-    old = text[start:end]
-    taken = lemmas(positive[-1]) | lemmas(text) | lemmas(positive[tier - 2])
-    known = checks.english_words(min_zipf=3.0)
-    kind = _CATEGORY_NAMES.get(positive[0].lower().strip()) if _names_a_kind(positive, tier, start) else None
-    out = []
-    for new in dict.fromkeys(w.lower() for w in proposals):
-        # a kind of tier 1 must be one of its known members: "Kinds of furniture: bench, coffee" meant "coffee table"
-        if kind is not None and not lemmas(new) & CATEGORIES[kind][1]:
-            continue
-        if new in checks.FUNCTION_WORDS or new in _GENERIC or new not in known or lemmas(new) & taken:
-            continue
-        at = _LOCATING.search(text[:start]) if new in PLACES else None  # a known place, with its own preposition
-        pos = _pos(new)  # a noun that is not also an adjective: "on a white" is no place
-        if "NOUN" not in pos or "ADJ" in pos or not at and _plural(new) != _plural(old.lower()):
-            continue
-        if (lemmas(new) & PLACE_WORDS != set()) != (lemmas(old) & PLACE_WORDS != set()) or not fits(new, taken):
-            continue
-        if lemmas(old) & _OUTDOOR_PLACES and new not in INDOOR:  # as a place swap: "field" -> "park" may be both
-            continue
-        named = _CATEGORY_NAMES.get(old.lower())
-        if named is not None and lemmas(new) & CATEGORIES[named][1]:  # "in the room" -> "in the kitchen" says more
-            continue
-        out.append(_edits_at(text, at.start(), end, [PLACES[new]], old)[0] if at else _edits_at(text, start, end, [new], old)[0])
-        if len(out) == limit:
-            break
-    return out
-
-
-def _plural(noun: str) -> bool:
-    return noun.endswith("s") and noun not in _pos(noun).get("NOUN", (noun,))
-
-
-def _pos(word: str) -> dict[str, tuple[str, ...]]:
+def parts_of_speech(word: str) -> dict[str, tuple[str, ...]]:
     from lemminflect import getAllLemmas
 
     return getAllLemmas(word)

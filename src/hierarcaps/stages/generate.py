@@ -4,6 +4,9 @@
   positive = [t1, t2, t3, caption]. Output that is not three distinct non-empty tiers (other than the caption) is
   sampled again (`positive_tries`, `positive_temperature`), then rejected (`student_unparsable`, raw text kept).
   A tier 1 that is no category of tier 2 is mended (`negatives.grounded_tier1`: "sport => horse" -> "animal => horse").
+  With `judge` and `positive_candidates` > 1, samples join the greedy positive, each also regrouped under its tier 1's
+  category (`negatives.regrouped`); of those the judge passes, the ones with the most tiers an edit or proposed noun
+  can negate (`infill.negatable`) are kept, and of them the student's most likely.
 - negative: for tier i = 1..4, the neg direction from positive tiers 1..i-1 and the positive tier i it must
   contradict ("neg: t1 => ... => t(i-1) | p_i"), *sampled* (`negative_temperature`, `negative_top_p`). A sample
   equal to positive tier i (or empty) is drawn again, up to `negative_tries` samples; each row/tier/try has its own
@@ -15,7 +18,7 @@
   the student's usable samples as candidates. A tier-1 candidate that names what the caption shows ("person" for a
   caption about a man) is never one (`negatives.tier1_compatible`).
 - with `negative_infill` > 0 (a causal-LM student), nouns the student proposes for a slot one word fills - the place a
-  tier puts its subject ("in the air"), a tier 2 that is one noun - are candidates too (`negatives.infill_slots`,
+  tier puts its subject ("in the air"), a tier 2 that is one noun - are candidates too (`infill.infill_slots`,
   `engines.student_lm.next_words`), chosen only where no edit passes.
 - choice: with `judge`, the filter's judge scores every candidate (contradicts positive tier i, entails positive tier
   i-1, at the filter's thresholds); of those that pass, edits before proposed nouns before samples, the one the
@@ -45,8 +48,8 @@ from hierarcaps.checks import normalize, restates
 from hierarcaps.engines.embed import resolve_device
 from hierarcaps.engines.nli import content_words
 from hierarcaps.judge import Judge, negative_tier_pairs, rule_pairs
-from hierarcaps.negatives import (edit_candidates, grounded_tier1, infill_edits, infill_prompt, infill_slots, negatable, regrouped,
-                                  tier1_compatible)
+from hierarcaps.infill import infill_edits, infill_prompt, infill_slots, negatable
+from hierarcaps.negatives import edit_candidates, grounded_tier1, regrouped, tier1_compatible
 from hierarcaps.stage import ShardOutput, ShardTask, Stage, StageError, plan_row_range, read_task_rows
 from hierarcaps.student.pairs import S2G, negative_source, source_text
 from hierarcaps.stats import Stats
@@ -213,7 +216,7 @@ class GenerateStage(Stage):
         """Of each row's candidates (the greedy hierarchy and `positive_candidates` - 1 samples, each also regrouped
         under its tier 1's category: `negatives.regrouped`) that pass the judge's checks and positive-side NLI rules and
         add content at every tier, keep - among those with the most tiers an edit or proposed noun can negate
-        (`negatives.negatable`, with `negative_edits`) - the one the student finds most likely; a row where none
+        (`infill.negatable`, with `negative_edits`) - the one the student finds most likely; a row where none
         passes keeps the greedy one."""
         k = self.cfg.positive_candidates - 1
         sampled = self._generate([s for s in sources for _ in range(k)], sample=True, temperature=self.cfg.positive_temperature,
@@ -317,8 +320,8 @@ class GenerateStage(Stage):
         return True
 
     def _infills(self, rows: list[dict], tier: int) -> dict[int, list[str]]:
-        """Per row (by id), positive tier `tier` with one of its slots (`negatives.infill_slots`) filled by a word the
-        student proposes there (`negatives.infill_edits`, up to `negative_infill` per slot)."""
+        """Per row (by id), positive tier `tier` with one of its slots (`infill.infill_slots`) filled by a word the
+        student proposes there (`infill.infill_edits`, up to `negative_infill` per slot)."""
         from hierarcaps.engines.student_lm import next_words
 
         model, tokenizer = self.student
