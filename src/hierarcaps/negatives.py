@@ -234,11 +234,9 @@ def kept(word: str, keep: set[str]) -> bool:
 def _noun(word: str | None, unknown: bool = False) -> bool:
     """Whether `word` is a noun in its base form (not "runs", "sitting", "parked", nor a function word or a word that
     can be an adjective / adverb: "next", "full", "young"); `unknown` for a word the lexicon lacks ("teddy")."""
-    from lemminflect import getAllLemmas
-
     if not word or word in checks.FUNCTION_WORDS or word in _MODIFIERS or word.endswith(("s", "ing", "ed")):
         return False
-    kinds = getAllLemmas(word)
+    kinds = parts_of_speech(word)
     return unknown if not kinds else "NOUN" in kinds and not kinds.keys() & {"ADJ", "ADV", "AUX"}
 
 

@@ -222,37 +222,37 @@ class GenerateStage(Stage):
         sampled = self._generate([s for s in sources for _ in range(k)], sample=True, temperature=self.cfg.positive_temperature,
                                  top_p=self.cfg.negative_top_p,
                                  seed=[row_seed(self.cfg.seed, r["id"], 0, 100 + j) for r in rows for j in range(k)])
-        options, regroups = [], set()
+        options = []  # per row: (text, tiers, regrouped) of each distinct usable candidate
         for n, row in enumerate(rows):
             extra = [(t, tiers) for t in sampled[n * k : (n + 1) * k] if (tiers := positive_tiers(t, row["caption"]))]
             seen, mine = set(), []
             for text, tiers in [parsed[n], *extra]:
-                for option in (tiers, regrouped(tiers)) if tiers else ():
+                other = regrouped(tiers) if tiers else None
+                for option, as_text, regroup in ((tiers, text, False), (other, other and schema.SEPARATOR.join(other), True)):
                     key = tuple(map(normalize, option)) if option else None
                     if option and key not in seen and adds_content_each_tier(option + [row["caption"]]) and not self.judge.structural(
                             option + [row["caption"]], None, row["caption"]):
                         seen.add(key)
-                        mine.append((text if option is tiers else schema.SEPARATOR.join(option), option))
-                        if option is not tiers:
-                            regroups.add(id(option))
+                        mine.append((as_text, option, regroup))
             options.append(mine)
-        positives = [tiers + [row["caption"]] for row, mine in zip(rows, options) for _, tiers in mine]
+        positives = [tiers + [row["caption"]] for row, mine in zip(rows, options) for _, tiers, _ in mine]
         passed = iter(m >= 0 for m in self.judge.margins([rule_pairs(positive, None) for positive in positives]))
+        slots = bool(self.cfg.negative_infill) and self.can_infill
         ranked = []
         for n, mine in enumerate(options):
             good = [option for option in mine if next(passed)]
             stats.add("positive_judge_passed", int(bool(good)))
             if good and self.cfg.negative_edits:  # a positive whose tiers have no edit gets no negative (rejected)
-                slots = bool(self.cfg.negative_infill) and self.can_infill
-                counts = [negatable(tiers + [rows[n]["caption"]], slots) for _, tiers in good]
+                counts = [negatable(tiers + [rows[n]["caption"]], slots) for _, tiers, _ in good]
                 good = [option for option, c in zip(good, counts) if c == max(counts)]
             if good:
                 ranked.append((n, good))
-        pairs = [(sources[n], text) for n, good in ranked if len(good) > 1 for text, _ in good]
+        pairs = [(sources[n], text) for n, good in ranked if len(good) > 1 for text, _, _ in good]
         scores = iter(self._score([s for s, _ in pairs], [t for _, t in pairs]) if pairs else [])
         for n, good in ranked:
-            parsed[n] = good[0] if len(good) == 1 else max(zip([next(scores) for _ in good], good), key=lambda x: x[0])[1]
-            stats.add("positive_regrouped", int(id(parsed[n][1]) in regroups))
+            text, tiers, regroup = good[0] if len(good) == 1 else max(zip([next(scores) for _ in good], good), key=lambda x: x[0])[1]
+            parsed[n] = (text, tiers)
+            stats.add("positive_regrouped", int(regroup))
 
     def _score(self, sources: list[str], targets: list[str]) -> list[float]:
         from hierarcaps.engines.seq2seq import student_score
