@@ -107,6 +107,20 @@ def test_in_domain_pairs_never_call_two_descriptions_of_one_picture_a_contradict
     assert "cat" in domain.siblings(rows, min_count=1)["dog"]
 
 
+def test_one_thing_swapped_for_another_of_its_kind_is_a_contradiction_unless_the_caption_has_both():
+    rows = [h(0, "img1", "furniture => table => table with food => A wooden table with food on it.",
+              "animal => dog => table with toys => A wooden table with toys on it."),
+            h(1, "img2", "furniture => table => table with chairs => A table with a bench and a chair beside it.",
+              "animal => dog => table with toys => A table with toys."),]
+    objects = [p for p in domain.build_domain_pairs(rows, seed=0) if p.source == "swap_object"]
+    first = [p for p in objects if p.premise in {"table", "table with food", "A wooden table with food on it."}]
+    assert first and all(p.label == CONTRADICTION for p in first)
+    new = {p.hypothesis.split()[0] for p in first}
+    assert new and new <= {"bed", "couch", "chair", "bench", "desk"}
+    # "bench" and "chair" are in the second caption: swapping "table" for them would not contradict it
+    assert not any(p.hypothesis.split()[0] in {"bench", "chair"} for p in objects if p not in first)
+
+
 def test_a_tier_1_negative_that_is_the_category_of_the_positive_is_not_a_contradiction():
     rows = [h(0, "img1", "man => man on a bench => man on a bench in a park => A man sits on a bench in a park.",
               "person => woman on a bench => man on a bench at home => A man stands on a bench in a park."),
@@ -239,3 +253,21 @@ def test_nli_command_refuses_bad_input_and_leaves_no_output(tmp_path, content, m
     result = CliRunner().invoke(app, ["nli", "--input", str(source), "--out", str(out)])
     assert result.exit_code == 1 and "pairs.csv" in result.output
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_calibration_undoes_a_label_prior_the_training_mix_taught():
+    from hierarcaps.engines.classify import softmax
+    from hierarcaps.nli.cross_train import fit_scaling
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 3000)
+    clean = 3.0 * np.eye(3)[labels] + rng.normal(0, 1.5, (3000, 3))
+    skewed = 2.0 * (clean + np.array([0.0, -1.0, 0.5]))  # overconfident, neutral under-called, contradiction over-called
+    temperature, bias = fit_scaling(skewed, labels)
+    # the fitted offsets are the skew itself, on the scale of the tempered logits
+    assert bias[0] == 0.0 and np.allclose(bias, -2.0 / temperature * np.array([0.0, -1.0, 0.5]), atol=0.15)
+
+    def neutral_recall(probs):
+        return (probs.argmax(1)[labels == NEUTRAL] == NEUTRAL).mean()
+
+    assert neutral_recall(softmax(skewed, temperature, bias)) > neutral_recall(softmax(skewed, temperature)) + 0.1

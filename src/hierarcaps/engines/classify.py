@@ -51,8 +51,11 @@ def pair_logits(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_siz
     return out
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0, bias: Sequence[float] | None = None) -> np.ndarray:
+    """softmax(logits / temperature + bias): `bias` is a per-class offset fitted on dev (vector scaling)."""
     z = np.asarray(logits, dtype=np.float64) / temperature
+    if bias is not None:
+        z = z + np.asarray(bias, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

