@@ -92,6 +92,11 @@ def test_a_listed_word_and_a_verb_without_its_object_are_not_changed():
     ocean = ["water", "ocean", "people in the ocean", "People swimming in the ocean with a red surfboard."]
     assert not any("surfboard" not in c for c in edit_candidates(ocean, 4, rng(), limit=50))
     assert any("with a blue surfboard" in c for c in edit_candidates(ocean, 4, rng(), limit=50))
+    # a number in a list still changes: it is a property of the thing, like a colour
+    sinks = ["room", "bathroom", "bathroom with a mirror", "A bathroom with two sinks and a mirror."]
+    changed = edit_candidates(sinks, 4, rng(), limit=50)
+    assert any(c.endswith("sinks and a mirror.") and "two" not in c for c in changed)
+    assert not any("two" in c and "sinks" not in c for c in changed)
     snow = ["person", "people on snow", "people riding on a snowy surface", "People riding on a snowy surface."]
     assert not any(w in c for c in edit_candidates(snow, 3, rng(), limit=50) for w in ("washing", "selling", "repairing"))
     bike = ["person", "man with a bike", "man riding a bike", "A man riding a bike."]
@@ -161,7 +166,10 @@ def test_no_edit_breaks_a_compound_of_the_tier_before_or_puts_a_thing_where_it_c
     ramp = ["person", "skateboarder", "skateboarder jumps off a ramp", "Guy jumps high doing skateboard flip off a ramp"]
     assert not any("snowboard" in c or "surfboard" in c for c in edit_candidates(ramp, 4, rng(), limit=50))
     surf = ["person", "surfer", "surfer on a beach", "A surfer carries a surfboard on the beach."]
-    assert not edit_candidates(surf, 3, rng(), limit=50)  # every other place for a beach is a room
+    # a surfer is in no room: the beach becomes an outdoor place of another kind, not the ocean, nor a park that may have a beach
+    places = edit_candidates(surf, 3, rng(), limit=50)
+    assert "surfer in the snow" in places and "surfer on a street" in places
+    assert not any(p in c for c in places for p in ("kitchen", "room", "office", "ocean", "water", "sand", "park", "farm", "zoo"))
     bathroom = ["room", "toilet", "toilet in a bathroom", "A white toilet in a small bathroom."]
     assert not any(c.endswith(("on a beach", "in a park")) for c in edit_candidates(bathroom, 3, rng(), limit=50))
     # neither half of a noun compound is swapped ("shower bowl", "panda elephant"); modifiers and actions still are

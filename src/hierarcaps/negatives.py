@@ -101,6 +101,7 @@ _NO_OBJECT = re.compile(r"\s+(?:in|on|at|near|by|down|up|through|over|along|acro
 _LISTED_BEFORE = re.compile(r"(?:\band|\bwith|,)\s+(?:(?:a|an|the|some|two|three|his|her|their)\s+)?(?:[a-z]+\s+)?$", re.IGNORECASE)
 _LISTED_AFTER = re.compile(r"\s*(?:,|and\b)", re.IGNORECASE)
 _COLOUR_WORDS = frozenset(edits.COLOURS)
+_PROPERTIES = _COLOUR_WORDS | frozenset(edits.NUMBERS)
 # Words that modify the next one by nature ("brown dog", "glass table", "tennis player"): changed there. Any other word
 # next to a noun is half of a compound ("toilet bowl" -> "shower bowl", "panda bear" -> "panda elephant") and is not.
 _MODIFIERS = _COLOUR_WORDS | frozenset(edits.NUMBERS) | frozenset(_BREAKING_NLI[2]) | frozenset(_COCO[0]) | frozenset(
@@ -168,6 +169,16 @@ NEW_PLACES = tuple(PLACES)[: tuple(PLACES).index("field")]
 # What an edit changes a place into: an indoor place for an outdoor one ("in a field" -> "in a park" may be both; "in a
 # kitchen" may not), any other exclusive place for an indoor one.
 INDOOR = ("kitchen", "bathroom", "bedroom", "living room", "office", "restaurant", "classroom", "garage")
+# Outdoor places by kind; one picture is not of two kinds ("on a beach" / "in the snow"). Green places are never the new
+# place: a park or a farm may hold a field, a lake or a beach.
+OUTDOOR_KIND = {place: kind for kind, places in {
+    "shore": ("beach", "sand", "ocean", "water", "lake", "river"),
+    "town": ("street", "road", "city", "parking lot", "highway", "station", "market"),
+    "snow": ("snow", "mountain"),
+    "forest": ("forest",),
+    "desert": ("desert",),
+    "green": ("field", "grass", "park", "farm", "zoo", "court", "track"),
+}.items() for place in places}
 # Things that are not in a room, and things that are not outdoors: a place swap that would put one there reads as
 # nonsense to reviewers ("surfing in a restaurant", "a clock on a building in an office", "a toilet on a beach").
 OUTDOOR_THINGS = frozenset(
@@ -253,11 +264,23 @@ def _compound(text: str, start: int, end: int) -> bool:
 
 
 def swappable(text: str, start: int, end: int) -> bool:
-    """Whether the word at start:end may change: not half of a noun compound, and (unless a colour) not one of a list."""
+    """Whether the word at start:end may change: not half of a noun compound, and (unless a colour or a number: they
+    change a property, "with two sinks" -> "with three sinks") not one of a list."""
     old = text[start:end].lower()
     if old in _NOUNS and _compound(text, start, end):
         return False
-    return old in _COLOUR_WORDS or not (_LISTED_BEFORE.search(text[:start]) or _LISTED_AFTER.match(text, end))
+    return old in _PROPERTIES or not (_LISTED_BEFORE.search(text[:start]) or _LISTED_AFTER.match(text, end))
+
+
+def new_places(noun: str, present: set[str]) -> list[str]:
+    """What the place `noun` may change into in a text about `present` (lemmas): any other exclusive place for a room;
+    a room for an outdoor place, or, where an outdoor thing rules out every room, an outdoor place of another kind
+    ("a sailboat on the beach" -> "a sailboat in the snow")."""
+    if noun in INDOOR:
+        return [p for p in NEW_PLACES if p != noun and fits(p, present)]
+    rooms = [p for p in INDOOR if fits(p, present)]
+    kind = OUTDOOR_KIND.get(noun)
+    return rooms or [p for p in OUTDOOR_KIND if p in NEW_PLACES and OUTDOOR_KIND[p] not in {kind, "green"} and fits(p, present)]
 
 
 def fits(place: str, present: set[str]) -> bool:
@@ -353,7 +376,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         noun = m.group(1).lower()
         if words(noun) & keep or _PLACE_COMPOUND.match(text, m.end()):
             continue
-        others = [PLACES[p] for p in (NEW_PLACES if noun in INDOOR else INDOOR) if p != noun and not words(p) & taken and fits(p, taken)]
+        others = [PLACES[p] for p in new_places(noun, taken) if not words(p) & taken]
         spans.append((m.start(), m.end()))
         by_span.append(edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(0)))
     if tier == 1:
