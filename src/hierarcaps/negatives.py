@@ -38,6 +38,8 @@ _COCO = (
     ("tennis", "baseball", "soccer", "basketball", "volleyball", "frisbee", "golf"),
     ("skiing", "surfing", "snowboarding", "skateboarding", "swimming", "biking"),
     ("surfboard", "snowboard", "skateboard"),  # not "skis": "riding skateboard" reads as garbage
+    ("skier", "surfer", "skateboarder", "snowboarder"),  # one person, one board at a time
+    ("skiers", "surfers", "skateboarders", "snowboarders"),
     # no weather group: reviewers read "rainy slope" for "snowy slope" as compatible
     ("day", "night"),
     ("sunset", "noon", "midnight"),
@@ -169,16 +171,18 @@ NEW_PLACES = tuple(PLACES)[: tuple(PLACES).index("field")]
 # What an edit changes a place into: an indoor place for an outdoor one ("in a field" -> "in a park" may be both; "in a
 # kitchen" may not), any other exclusive place for an indoor one.
 INDOOR = ("kitchen", "bathroom", "bedroom", "living room", "office", "restaurant", "classroom", "garage")
-# Outdoor places by kind; one picture is not of two kinds ("on a beach" / "in the snow"). Green places are never the new
-# place: a park or a farm may hold a field, a lake or a beach.
+# Outdoor places by kind, and the new places that rule each kind out: snow may lie on a field, a street or in a forest,
+# a road may cross a forest or a desert, a park or a farm may hold a field, a lake or a beach.
 OUTDOOR_KIND = {place: kind for kind, places in {
     "shore": ("beach", "sand", "ocean", "water", "lake", "river"),
-    "town": ("street", "road", "city", "parking lot", "highway", "station", "market"),
+    "town": ("street", "road", "city", "parking lot", "highway", "station", "market", "track"),
     "snow": ("snow", "mountain"),
     "forest": ("forest",),
     "desert": ("desert",),
-    "green": ("field", "grass", "park", "farm", "zoo", "court", "track"),
+    "green": ("field", "grass", "park", "farm", "zoo", "court"),
 }.items() for place in places}
+_EXCLUDED_BY = {"shore": ("street", "forest", "desert", "snow"), "town": ("beach", "forest", "desert"), "snow": ("beach", "desert"),
+                "forest": ("beach", "desert"), "desert": ("forest", "snow"), "green": ("beach", "street", "desert")}
 # Things that are not in a room, and things that are not outdoors: a place swap that would put one there reads as
 # nonsense to reviewers ("surfing in a restaurant", "a clock on a building in an office", "a toilet on a beach").
 OUTDOOR_THINGS = frozenset(
@@ -279,8 +283,7 @@ def new_places(noun: str, present: set[str]) -> list[str]:
     if noun in INDOOR:
         return [p for p in NEW_PLACES if p != noun and fits(p, present)]
     rooms = [p for p in INDOOR if fits(p, present)]
-    kind = OUTDOOR_KIND.get(noun)
-    return rooms or [p for p in OUTDOOR_KIND if p in NEW_PLACES and OUTDOOR_KIND[p] not in {kind, "green"} and fits(p, present)]
+    return rooms or [p for p in _EXCLUDED_BY.get(OUTDOOR_KIND.get(noun), ()) if fits(p, present)]
 
 
 def fits(place: str, present: set[str]) -> bool:
