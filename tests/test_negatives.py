@@ -111,6 +111,11 @@ def test_what_a_with_phrase_adds_is_taken_away():
     assert not any("without" in c for c in edit_candidates(station, 3, rng(), limit=50))
     box = ["container", "box", "box filled with apples", "A box filled with apples with no lid."]
     assert not any("without" in c for t in (3, 4) for c in edit_candidates(box, t, rng(), limit=50))
+    # "with several / some" things are "with no" things
+    couch = ["animal", "dog", "dog sitting on a couch", "A dog sitting on a couch with several blankets."]
+    assert edit_candidates(couch, 4, rng(), limit=50) == ["A dog sitting on a couch with no blankets."]
+    olives = ["food", "pizza", "pizza with some olives", "A pizza with some olives on a plate."]
+    assert not any("no olives" in c for c in edit_candidates(olives, 4, rng(), limit=50))  # tier 3 names the olives
     # a thing added to a list is taken away too; an action is no thing
     assert "A small bathroom with a mirror but no sink." in edit_candidates(bathroom, 4, rng(), limit=50)
     walking = ["person", "people", "people riding motorcycles", "People walking and riding motorcycles on the street."]

@@ -413,7 +413,8 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
 # the negative would not entail it), after a participle ("filled with", "topped with": no English without), nor before
 # a negation ("with no people").
 _COUNTS = ("two", "three", "four", "several", "many")
-_WITH = re.compile(r"\bwith\s+(?!(?:no|nothing|none|without|%s)\b)" % "|".join(_COUNTS), re.IGNORECASE)
+_WITH = re.compile(r"\bwith\s+(?!(?:no|nothing|none|without|some|lots|%s)\b)" % "|".join(_COUNTS), re.IGNORECASE)
+_WITH_MANY = re.compile(r"\bwith\s+((?:several|many|some|lots\s+of)\s+)", re.IGNORECASE)
 _PHRASE_END = re.compile(r"\s*(?:,|\.|$|\b(?:and|in|on|at|near|by|under|over|while|that|which|who)\b)", re.IGNORECASE)
 
 
@@ -430,6 +431,11 @@ def _without_edits(text: str, keep: set[str]) -> list[str]:
         if not thing.strip() or lemmas(thing) & keep:
             continue
         out.append(text[: m.start()] + ("Without" if text[m.start()].isupper() else "without") + text[m.start() + 4 :])
+    for m in _WITH_MANY.finditer(text):  # "with several blankets" -> "with no blankets" ("without several" is no English)
+        end = _PHRASE_END.search(text, m.end())
+        thing = text[m.end() : end.start() if end else len(text)]
+        if thing.strip() and not lemmas(thing) & keep and WORD.findall(text[: m.start()].lower()):
+            out.append(text[: m.start(1)] + "no " + text[m.end() :])
     return out
 
 
