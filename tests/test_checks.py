@@ -14,6 +14,7 @@ from hierarcaps.checks import (
     prompt_phrases,
     repeated_content_word,
     restates,
+    wrong_sense,
 )
 from hierarcaps.config import ChecksConfig, load_profile
 from hierarcaps.inputs import load_hierarchies
@@ -116,3 +117,15 @@ def test_checks_keep_95_percent_of_the_development_share(shared_data):
     rows = table.slice(0, 3000).to_pylist()
     kept = sum(judge.structural(r["positive"], r["negative"], r["caption"]) is None for r in rows)
     assert kept >= 0.95 * len(rows), f"{kept}/{len(rows)}"
+
+
+def test_a_positive_tier_that_takes_a_compound_head_in_another_sense_is_rejected():
+    hot_dog = ["dog", "dog on a plate", "dog on a plate with glasses", "a hot dog on a plate next to two glasses."]
+    negative = ["cat", "dog on a bike", "dog on a plate without glasses", "a hot dog on a plate next to three glasses."]
+    got, detail = check_hierarchy(hot_dog, negative, hot_dog[-1], ChecksConfig(), ())
+    assert got == "positive_wrong_sense" and "positive tier 1 'dog'" in detail
+    assert check_hierarchy(hot_dog, negative, hot_dog[-1], ChecksConfig(wrong_sense=False), ()) is None
+    # the compound itself, a category, or a caption that also has the head alone are fine
+    assert wrong_sense("hot dog on a plate", hot_dog[-1]) is None and wrong_sense("food on a plate", hot_dog[-1]) is None
+    assert wrong_sense("dog", "A dog looks at a hot dog.") is None
+    assert wrong_sense("bears on a bed", "Two teddy bears on a bed.") == "bear"

@@ -197,11 +197,35 @@ def check_tiers(tiers: list[str] | None, label: str, cfg: ChecksConfig) -> tuple
     return None
 
 
+# Compounds whose head is another thing: a "dog" is no hot dog, a "bear" no teddy bear, a "bat" no baseball bat.
+COMPOUND_SENSES = {
+    "hot dog": "dog", "teddy bear": "bear", "stuffed animal": "animal", "baseball bat": "bat", "computer mouse": "mouse",
+    "toy car": "car", "toy train": "train", "bear cake": "bear", "dog cake": "dog", "cat cake": "cat",
+}  # fmt: skip
+
+
+def wrong_sense(tier: str, caption: str) -> str | None:
+    """The word of `tier` that the caption has only as the head of a compound of another sense ("dog on a plate" for "a
+    hot dog on a plate"), or None; plurals count as their singular."""
+    said = [w.rstrip("s") for w in _ALPHA.findall(caption.lower())]
+    tier_words = {w.rstrip("s") for w in _ALPHA.findall(tier.lower())}
+    for compound, head in COMPOUND_SENSES.items():
+        first, second = compound.split()
+        if head not in tier_words or first in tier_words:
+            continue
+        spots = [k for k, w in enumerate(said) if w == head]
+        if spots and all(k > 0 and said[k - 1] == first.rstrip("s") for k in spots):
+            return head
+    return None
+
+
 def check_text(tiers: list[str], label: str, caption: str, cfg: ChecksConfig, phrases: Collection[Phrase]) -> tuple[str, str] | None:
     """The degenerate-text rules on each tier (the positive's tier 4, the caption itself, is not judged)."""
     judged = tiers[: TIERS - 1] if label == "positive" else tiers
     allowed = caption_words(caption)
     for i, tier in enumerate(judged, start=1):
+        if label == "positive" and cfg.wrong_sense and (word := wrong_sense(tier, caption)):
+            return f"{label}_wrong_sense", f"{label} tier {i} {tier!r} says {word!r}, which the caption has only in another sense"
         if cfg.copied_example and (phrase := copied_example_phrase(tier, caption, phrases)):
             return f"{label}_copied_example", f"{label} tier {i} {tier!r} has {phrase!r} from the prompt's worked examples, which the caption lacks"
         if cfg.repeated_word and (word := echoed_word(tier, caption, cfg.repeat_max_gap, cfg.repeat_max_content_words)):

@@ -162,6 +162,7 @@ class ChecksConfig(Section):
     repeat_max_content_words: int = Field(3, ge=2)
     non_words: bool = True  # a word in neither wordfreq's English list nor the caption
     word_min_zipf: float = Field(0.0, ge=0.0, description="0 = any word of wordfreq's large English list")
+    wrong_sense: bool = True  # a positive tier names what the caption has only inside a compound: "dog" for a hot dog
 
 
 class NLIConfig(Section):
