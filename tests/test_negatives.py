@@ -160,7 +160,8 @@ def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():
 def test_tier_1_becomes_a_category_of_tier_2_where_it_is_none():
     mended = {("water", "fire hydrant"): "hydrant", ("sport", "horse"): "animal", ("place", "bench"): "furniture",
               ("board", "snowboarder"): "person", ("breed", "goats"): "animal", ("cook", "stove"): "appliance",
-              ("food appliance", "kitchen"): "room"}
+              ("food appliance", "kitchen"): "room", ("food", "plate"): "dishware", ("sport", "tennis player"): "person",
+              ("water", "beach"): "place"}
     kept = [("room", "bathroom with a toilet"), ("fruit", "bananas"), ("person", "man in a kitchen"), ("horse", "brown horse"),
             ("transportation vehicle", "bus"), ("water", "wave"), ("place", "furniture")]  # the last: no category, or tier 2's
     assert {pair: grounded_tier1(*pair) for pair in mended} == mended

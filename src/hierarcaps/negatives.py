@@ -299,12 +299,19 @@ def tier1_options(caption: str, current: str) -> list[str]:
     return [kind for kind in CATEGORIES if kind not in here]
 
 
+# Members of CATEGORIES that put a category in a caption without being a kind of it ("food => plate", "sport =>
+# racket" were invalid positives to reviewers), with what they are a kind of.
+NOT_KINDS = {"plate": "dishware", "ball": "equipment", "racket": "equipment", "player": "person", "street": "place", "city": "place"}
+_OUTDOOR_PLACES = frozenset(PLACES) - frozenset(INDOOR)
+
+
 def grounded_tier1(tier1: str, tier2: str) -> str:
     """Tier 1, or what it should be when it is not a category of tier 2 (issue #18's positives: "water => fire
     hydrant", "sport => horse", "board => snowboarder"). Kept: a tier 1 that shares a word with tier 2, ends its head
     noun ("room" of "bathroom"), or names a category (or a member word of one: "fruit") that tier 2's head noun belongs
-    to. Else the head noun's category ("horse" -> "animal"), else the head noun itself when tier 2 says more ("fire
-    hydrant" -> "hydrant"); a one-word tier 2 of no known category keeps its tier 1."""
+    to. Else the head noun's category ("horse" -> "animal"), what a NOT_KINDS word is ("plate" -> "dishware"), "place"
+    for an outdoor place ("water => beach"), else the head noun itself when tier 2 says more ("fire hydrant" ->
+    "hydrant"); a one-word tier 2 of no known category keeps its tier 1."""
     found = WORD.findall(tier2.lower())
     end = next((i for i, w in enumerate(found) if i and w in checks.FUNCTION_WORDS), len(found))
     phrase = [w for w in found[:end] if w not in checks.FUNCTION_WORDS]
@@ -312,10 +319,12 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
     if not phrase or own & lemmas(tier2) or phrase[-1].endswith(tier1.lower().strip()):
         return tier1
     head = lemmas(phrase[-1])
-    kinds = [(names, members | set(names)) for names, members in CATEGORIES.values() if head & (members | set(names))]
+    kinds = [(names, members - NOT_KINDS.keys() | set(names)) for names, members in CATEGORIES.values()
+             if head & (members - NOT_KINDS.keys() | set(names))]
     if any(own & named for _, named in kinds):
         return tier1
-    mended = kinds[0][0][0] if kinds else phrase[-1] if len(found) > 1 else tier1
+    other = next((NOT_KINDS[w] for w in sorted(head) if w in NOT_KINDS), "place" if head & _OUTDOOR_PLACES else None)
+    mended = kinds[0][0][0] if kinds else other or (phrase[-1] if len(found) > 1 else tier1)
     return tier1 if mended == tier2.lower().strip() else mended
 
 
