@@ -161,8 +161,8 @@ def test_tier_1_becomes_a_category_of_tier_2_where_it_is_none():
     mended = {("water", "fire hydrant"): "hydrant", ("sport", "horse"): "animal", ("place", "bench"): "furniture",
               ("board", "snowboarder"): "person", ("breed", "goats"): "animal", ("cook", "stove"): "appliance",
               ("food appliance", "kitchen"): "room", ("food", "plate"): "dishware", ("sport", "tennis player"): "person",
-              ("water", "beach"): "place"}
-    kept = [("room", "bathroom with a toilet"), ("fruit", "bananas"), ("person", "man in a kitchen"), ("horse", "brown horse"),
+              ("water", "beach"): "place", ("color", "orange"): "food", ("play", "tennis"): "sport"}
+    kept = [("room", "bathroom with a toilet"), ("fruit", "bananas"), ("sport", "tennis"), ("person", "man in a kitchen"), ("horse", "brown horse"),
             ("transportation vehicle", "bus"), ("water", "wave"), ("place", "furniture")]  # the last: no category, or tier 2's
     assert {pair: grounded_tier1(*pair) for pair in mended} == mended
     assert [grounded_tier1(*pair) for pair in kept] == [t1 for t1, _ in kept]

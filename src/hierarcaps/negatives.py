@@ -136,6 +136,7 @@ for _kind in ("person", "animal", "vehicle", "food"):
 CATEGORIES["animal"][1].update({"cattle", "cow", "goat", "pig", "duck", "pigeon", "seagull", "parrot", "owl", "eagle", "swan"})
 CATEGORIES["food"][1].update({"banana", "apple", "orange", "strawberry", "grape", "carrot", "salad", "soup", "pasta", "burger", "bread",
                               "steak", "fries", "rice", "noodle", "pie", "cookie", "egg", "doughnut"})  # "color => orange" is food
+CATEGORIES["sport"][1].update(w for group in _COCO[:2] for w in group)  # "play => tennis" -> "sport => tennis"
 CATEGORY_NAMES = {name: kind for kind, (names, _) in CATEGORIES.items() for name in names}
 # Words that are a kind of a category, with the category word of their number ("fridge" -> "appliance", "men" ->
 # "people"): the members of CATEGORIES that are kinds of it (not food / vehicle / building / plant / sport / person,
