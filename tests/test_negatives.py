@@ -111,6 +111,9 @@ def test_what_a_with_phrase_adds_is_taken_away():
     assert not any("without" in c for c in edit_candidates(station, 3, rng(), limit=50))
     box = ["container", "box", "box filled with apples", "A box filled with apples with no lid."]
     assert not any("without" in c for t in (3, 4) for c in edit_candidates(box, t, rng(), limit=50))
+    # only the thing itself must be new to tier i-1, not its every word
+    kitchen = ["room", "kitchen", "a kitchen with hardwood floors", "A kitchen with hardwood floors and hardwood cabinets."]
+    assert "A kitchen with hardwood floors but no hardwood cabinets." in edit_candidates(kitchen, 4, rng(), limit=50)
     # "with several / some" things are "with no" things
     couch = ["animal", "dog", "dog sitting on a couch", "A dog sitting on a couch with several blankets."]
     assert edit_candidates(couch, 4, rng(), limit=50) == ["A dog sitting on a couch with no blankets."]

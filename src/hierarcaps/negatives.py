@@ -440,13 +440,13 @@ def _without_edits(text: str, keep: set[str]) -> list[str]:
             continue
         end = _PHRASE_END.search(text, m.end())
         thing = text[m.end() : end.start() if end else len(text)]
-        if not thing.strip() or lemmas(thing) & keep:
+        if not _new_thing(thing, keep):
             continue
         out.append(text[: m.start()] + ("Without" if text[m.start()].isupper() else "without") + text[m.start() + 4 :])
     for m in _WITH_MANY.finditer(text):  # "with several blankets" -> "with no blankets" ("without several" is no English)
         end = _PHRASE_END.search(text, m.end())
         thing = text[m.end() : end.start() if end else len(text)]
-        if thing.strip() and not lemmas(thing) & keep and WORD.findall(text[: m.start()].lower()):
+        if _new_thing(thing, keep) and WORD.findall(text[: m.start()].lower()):
             out.append(text[: m.start(1)] + "no " + text[m.end() :])
     return out
 
@@ -463,12 +463,19 @@ def _but_no_edits(text: str, keep: set[str]) -> list[str]:
         end = _PHRASE_END.search(text, m.end())
         thing = text[m.end() : end.start() if end else len(text)].strip()
         found = WORD.findall(thing.lower())
-        if not found or len(found) > 4 or lemmas(thing) & keep or not _ends_in_a_noun(found):
+        if not found or len(found) > 4 or not _new_thing(thing, keep) or not _ends_in_a_noun(found):
             continue
         if found[0].endswith(("ing", "ed")) or set(parts_of_speech(found[0])) == {"VERB"} or found[0] in checks.FUNCTION_WORDS:
             continue
         out.append(text[: m.start()] + "but no " + text[m.end() :])
     return out
+
+
+def _new_thing(phrase: str, keep: set[str]) -> bool:
+    """Whether the thing a phrase names (its last word) is one tier i-1 does not name: taking away "hardwood cabinets"
+    keeps "hardwood floors", taking away the train of "a station with a train" would not."""
+    found = WORD.findall(phrase.lower())
+    return bool(found) and not lemmas(found[-1]) & keep
 
 
 def _ends_in_a_noun(found: list[str]) -> bool:
