@@ -80,10 +80,13 @@ ACTIONS = (
     *(tuple(w for w in group if w != "flying") for group in edits.EXCLUSIVE_GROUPS["action"]),
     *_TRANSITIVE_GROUPS,
     ("smiling", "crying", "yelling"),
+    ("playing", "sleeping"),
+    ("crouching", "kneeling", "standing", "lying"),
 )
 ANIMATE = frozenset(w for kind in ("person", "animal") for group in edits.EXCLUSIVE_GROUPS[kind] for w in group) | {
     "person", "people", "player", "players", "skier", "surfer", "skateboarder", "child", "children", "kid", "kids", "lady",
     "guy", "baby", "puppy", "kitten", "snowboarder", "crowd", "team", "couple", "family", "skiers", "surfers", "chef",
+    "animal", "animals", "group",
 }  # fmt: skip
 GROUPS: tuple[tuple[str, ...], ...] = (
     edits.COLOURS,
