@@ -158,6 +158,7 @@ OPPOSITES = (
     *(pair for pair in edits.OPPOSITES if pair not in {("on", "under"), ("up", "down"), ("with", "without"), ("near", "far from")}),
     ("young", "old"), ("happy", "sad"), ("clean", "dirty"), ("sitting", "standing"), ("asleep", "awake"),
     ("parked", "moving"), ("alone", "together"), ("tall", "short"), ("long", "short"), ("cooked", "raw"),
+    ("male", "female"), ("back", "front"),
 )  # fmt: skip
 # Places with the preposition they take: the whole phrase is swapped, so the edit reads as English. Every place may be
 # changed; only those that exclude each other are used as the new place ("on the grass" may be in a park, a street is
