@@ -136,6 +136,13 @@ def test_a_language_model_fills_only_nouns_that_locate_or_a_one_noun_tier_2():
     assert infill_slots(["cook", "stove", "woman cooking on a stove", "A woman cooking on a stove."], 2) == []
     bench = ["furniture", "bench", "man on a bench", "A man on a bench."]
     assert infill_edits(bench, 2, 0, 5, ["coffee", "chair", "table", "tables"], limit=5) == ["chair", "table"]
+    # a tier 2 that makes tier 1 a kind with a noun ("toilet bowl") has that noun filled; not an adjective or participle,
+    # nor under a category ("farm animal": a category's kinds are its members)
+    bowl = ["bowl", "toilet bowl", "a toilet bowl in a bathroom", "A white toilet bowl in a bathroom."]
+    assert infill_slots(bowl, 2) == [(0, 6)] and infill_prompt(bowl, 2, 0, 6) == "Kinds of bowl: toilet bowl,"
+    assert infill_edits(bowl, 2, 0, 6, ["toilet", "salad", "bowls", "white"], limit=3) == ["salad bowl"]
+    assert infill_slots(["wave", "crashing wave", "surfing on a crashing wave", "Surfing on a crashing wave."], 2) == []
+    assert infill_slots(["animal", "farm animal", "farm animal in a field", "A farm animal in a field."], 2) == []
 
 
 def test_proposed_words_are_nouns_of_the_same_number_that_nobody_has_said():

@@ -3,6 +3,7 @@ of `negatives` cover nothing, the prompt that asks for it, and the proposals tur
 
     "brown dog on a beach" -> slot "beach" -> the student proposes "kitchen", "lawn", ... -> "brown dog in a kitchen"
     "animal" => "sheep" -> "Kinds of animal: sheep," -> "goat", "horse", ... -> "goat"
+    "bowl" => "toilet bowl" -> "Kinds of bowl: toilet bowl," -> "salad", ... -> "salad bowl"
 
 A proposal is kept only where it cannot be true of the same picture (same number, a place only for a place, a room for
 an outdoor place, a member of tier 1's category at tier 2, nothing the caption says). `negatable` counts the tiers that
@@ -20,8 +21,8 @@ from hierarcaps.negatives import (ARTICLES, CATEGORIES, CATEGORY_NAMES, INDOOR, 
                                   kept, lemmas, parts_of_speech)
 
 # Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
-# word can only be one thing: the noun that locates the subject ("in the air" -> "in the water"), and a tier 2 that is
-# one noun ("bird" under "animal" -> "dog"). Not other nouns, adjectives or verbs: "next to the grass" -> "next to the
+# word can only be one thing: the noun that locates the subject ("in the air" -> "in the water"), a tier 2 that is
+# one noun ("bird" under "animal" -> "dog"), and the noun that makes tier 1 a kind ("toilet bowl" -> "salad bowl"). Not other nouns, adjectives or verbs: "next to the grass" -> "next to the
 # water", "tall grass" -> "green grass" may both be true of one picture, and "holding" -> "standing a baseball bat" is
 # no English (measured on a sample of 10 rows' slots, by eye).
 _LOCATING = re.compile(r"\b(?:in|on|at|inside|into|onto|atop)\s+(?:(?:a|an|the|some|his|her|their|its)\s+)?$", re.IGNORECASE)
@@ -63,10 +64,15 @@ def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
     text = positive[tier - 1]
     keep = lemmas(positive[tier - 2])
     found = list(WORD.finditer(text.lower()))
-    if tier == 2 and len(found) - bool(_ARTICLE.match(text).group(0)) == 1:
+    own = len(found) - bool(_ARTICLE.match(text).group(0))
+    if tier == 2 and own == 1:
         m = found[-1]
         named = CATEGORY_NAMES.get(positive[0].lower().strip())  # "Kinds of cook: stove," has no answer
         return [] if named is None or kept(m.group(0), keep) or "NOUN" not in parts_of_speech(m.group(0)) else [(m.start(), m.end())]
+    if tier == 2 and own == 2 and found[-1].group(0) == positive[0].lower().strip() and positive[0].lower().strip() not in CATEGORY_NAMES:
+        m = found[-2]  # the noun that makes tier 1 a kind: "toilet" of "bowl" => "toilet bowl" -> "salad bowl"
+        pos = parts_of_speech(m.group(0))
+        return [] if kept(m.group(0), keep) or "NOUN" not in pos or "ADJ" in pos or m.group(0) in checks.FUNCTION_WORDS else [(m.start(), m.end())]
     out = []
     for k, m in enumerate(found):
         word = m.group(0)
@@ -81,9 +87,10 @@ def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
 
 def infill_prompt(positive: list[str], tier: int, start: int, end: int) -> str:
     """What the model continues to propose a word for the slot: the text before it, or for a first word (tier 2's
-    "sheep" under "animal") a list of tier i-1's kinds that names it ("Kinds of animal: sheep,")."""
+    "sheep" under "animal", "toilet" of "toilet bowl") a list of tier i-1's kinds that names it ("Kinds of animal:
+    sheep,", "Kinds of bowl: toilet bowl,")."""
     text = positive[tier - 1]
-    return f"Kinds of {positive[tier - 2]}: {text[start:end]}," if _names_a_kind(positive, tier, start) else text[:start].rstrip()
+    return f"Kinds of {positive[tier - 2]}: {text[start:].strip()}," if _names_a_kind(positive, tier, start) else text[:start].rstrip()
 
 
 def _names_a_kind(positive: list[str], tier: int, start: int) -> bool:
