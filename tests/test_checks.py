@@ -129,3 +129,4 @@ def test_a_positive_tier_that_takes_a_compound_head_in_another_sense_is_rejected
     assert wrong_sense("hot dog on a plate", hot_dog[-1]) is None and wrong_sense("food on a plate", hot_dog[-1]) is None
     assert wrong_sense("dog", "A dog looks at a hot dog.") is None
     assert wrong_sense("bears on a bed", "Two teddy bears on a bed.") == "bear"
+    assert wrong_sense("bird", "Bird cages hanging over an alley.") == "bird" and wrong_sense("bird cage", "Bird cages hanging.") is None

@@ -197,25 +197,28 @@ def check_tiers(tiers: list[str] | None, label: str, cfg: ChecksConfig) -> tuple
     return None
 
 
-# Compounds whose head is another thing: a "dog" is no hot dog, a "bear" no teddy bear, a "bat" no baseball bat.
+# Compounds that are another thing than one of their words: a "dog" is no hot dog, a "bear" no teddy bear, a "bird" no
+# bird cage. Compound -> the word a tier may not take alone from it.
 COMPOUND_SENSES = {
     "hot dog": "dog", "teddy bear": "bear", "stuffed animal": "animal", "baseball bat": "bat", "computer mouse": "mouse",
-    "toy car": "car", "toy train": "train", "bear cake": "bear", "dog cake": "dog", "cat cake": "cat",
+    "toy car": "car", "toy train": "train", "bear cake": "bear", "dog cake": "dog", "cat cake": "cat", "bird cage": "bird",
+    "bird house": "bird", "dog house": "dog", "dog bed": "dog", "cat food": "cat", "dog food": "dog",
 }  # fmt: skip
 
 
 def wrong_sense(tier: str, caption: str) -> str | None:
-    """The word of `tier` that the caption has only as the head of a compound of another sense ("dog on a plate" for "a
-    hot dog on a plate"), or None; plurals count as their singular."""
+    """The word of `tier` that the caption has only inside a compound of another sense ("dog on a plate" for "a hot
+    dog on a plate", "bird" for "bird cages"), or None; plurals count as their singular."""
     said = [w.rstrip("s") for w in _ALPHA.findall(caption.lower())]
     tier_words = {w.rstrip("s") for w in _ALPHA.findall(tier.lower())}
-    for compound, head in COMPOUND_SENSES.items():
-        first, second = compound.split()
-        if head not in tier_words or first in tier_words:
+    for compound, word in COMPOUND_SENSES.items():
+        parts = compound.split()
+        at = parts.index(word)
+        if word not in tier_words or any(p in tier_words for p in parts if p != word):
             continue
-        spots = [k for k, w in enumerate(said) if w == head]
-        if spots and all(k > 0 and said[k - 1] == first.rstrip("s") for k in spots):
-            return head
+        spots = [k for k, w in enumerate(said) if w == word]
+        if spots and all(k >= at and said[k - at : k - at + len(parts)] == parts for k in spots):
+            return word
     return None
 
 
