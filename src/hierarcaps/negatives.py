@@ -176,7 +176,7 @@ PLACES = {
 }  # fmt: skip
 NEW_PLACES = tuple(PLACES)[: tuple(PLACES).index("field")]
 # What an edit changes a place into: an indoor place for an outdoor one ("in a field" -> "in a park" may be both; "in a
-# kitchen" may not), any other exclusive place for an indoor one.
+# kitchen" may not), any other exclusive place for an indoor one (`new_places`).
 INDOOR = ("kitchen", "bathroom", "bedroom", "living room", "office", "restaurant", "classroom", "garage")
 # Outdoor places by kind, and the new places that rule each kind out: snow may lie on a field, a street or in a forest,
 # a road may cross a forest or a desert, a park or a farm may hold a field, a lake or a beach.
@@ -309,7 +309,7 @@ def tier1_options(caption: str, current: str) -> list[str]:
 # Members of CATEGORIES that put a category in a caption without being a kind of it ("food => plate", "sport =>
 # racket" were invalid positives to reviewers), with what they are a kind of.
 NOT_KINDS = {"plate": "dishware", "ball": "equipment", "racket": "equipment", "player": "person", "street": "place", "city": "place"}
-_OUTDOOR_PLACES = frozenset(PLACES) - frozenset(INDOOR)
+_OUTDOORS = frozenset(PLACES) - frozenset(INDOOR)
 
 
 def grounded_tier1(tier1: str, tier2: str) -> str:
@@ -330,7 +330,7 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
              if head & (members - NOT_KINDS.keys() | set(names))]
     if any(own & named for _, named in kinds):
         return tier1
-    other = next((NOT_KINDS[w] for w in sorted(head) if w in NOT_KINDS), "place" if head & _OUTDOOR_PLACES else None)
+    other = next((NOT_KINDS[w] for w in sorted(head) if w in NOT_KINDS), "place" if head & _OUTDOORS else None)
     mended = kinds[0][0][0] if kinds else other or (phrase[-1] if len(found) > 1 else tier1)
     return tier1 if mended == tier2.lower().strip() else mended
 
