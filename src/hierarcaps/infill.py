@@ -22,9 +22,10 @@ from hierarcaps.negatives import (ARTICLES, CATEGORIES, CATEGORY_NAMES, INDOOR, 
 
 # Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
 # word can only be one thing: the noun that locates the subject ("in the air" -> "in the water"), a tier 2 that is
-# one noun ("bird" under "animal" -> "dog"), and the noun that makes tier 1 a kind ("toilet bowl" -> "salad bowl"). Not other nouns, adjectives or verbs: "next to the grass" -> "next to the
-# water", "tall grass" -> "green grass" may both be true of one picture, and "holding" -> "standing a baseball bat" is
-# no English (measured on a sample of 10 rows' slots, by eye).
+# one noun ("bird" under "animal" -> "dog"), and the noun that makes tier 1 a kind ("toilet bowl" -> "salad bowl").
+# Not other nouns, adjectives or verbs: "next to the grass" -> "next to the water", "tall grass" -> "green grass" may
+# both be true of one picture, and "holding" -> "standing a baseball bat" is no English (measured on a sample of 10
+# rows' slots, by eye).
 _LOCATING = re.compile(r"\b(?:in|on|at|inside|into|onto|atop)\s+(?:(?:a|an|the|some|his|her|their|its)\s+)?$", re.IGNORECASE)
 _ARTICLE = re.compile(r"^(?:(?:%s)\s+)?" % "|".join(ARTICLES), re.IGNORECASE)
 # Words too generic to contradict anything ("a table" -> "an object"), pronouns, and times ("in traffic" -> "in

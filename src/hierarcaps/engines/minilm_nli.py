@@ -83,6 +83,7 @@ class MiniLMNLI:
         # bfloat16 matrix products where training used them (2x faster on CPUs with AVX512-BF16)
         self.autocast = self.card.get("autocast")
         self.temperature = float(self.card.get("temperature", 1.0) if temperature is None else temperature)
+        # an explicit temperature is calibration at work: its logits are scaled by that alone
         self.bias = np.asarray(self.card.get("bias", [0.0] * len(NLI_LABELS)) if temperature is None else [0.0] * len(NLI_LABELS))
         chosen = self.card.get("thresholds", {})
         self.thresholds = {k: chosen.get(k) for k in ("entail", "contradict", "joint") if k in chosen}
