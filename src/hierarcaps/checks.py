@@ -209,8 +209,8 @@ COMPOUND_SENSES = {
 def wrong_sense(tier: str, caption: str) -> str | None:
     """The word of `tier` that the caption has only inside a compound of another sense ("dog on a plate" for "a hot
     dog on a plate", "bird" for "bird cages"), or None; plurals count as their singular."""
-    said = [w.rstrip("s") for w in _ALPHA.findall(caption.lower())]
-    tier_words = {w.rstrip("s") for w in _ALPHA.findall(tier.lower())}
+    said = [_stem(w) for w in _ALPHA.findall(caption.lower())]
+    tier_words = {_stem(w) for w in _ALPHA.findall(tier.lower())}
     for compound, word in COMPOUND_SENSES.items():
         parts = compound.split()
         at = parts.index(word)

@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from hierarcaps import checks
-from hierarcaps.negatives import (ARTICLES, CATEGORIES, CATEGORY_NAMES, INDOOR, PLACES, WORD, edit_candidates, edits_at, fits,
+from hierarcaps.negatives import (ARTICLES, CATEGORIES, CATEGORY_NAMES, INDOOR, OUTDOORS, PLACES, WORD, edit_candidates, edits_at, fits,
                                   kept, lemmas, parts_of_speech)
 
 # Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
@@ -48,7 +48,7 @@ PLACE_WORDS = frozenset(PLACES) | frozenset(
 
 
 # Outdoor places and ground: one may hold another ("a plane in a field" -> "in a park", "grass" -> "forest").
-_OUTDOOR_PLACES = frozenset(PLACES) - frozenset(INDOOR) | frozenset(
+_OUTDOOR_PLACES = OUTDOORS | frozenset(
     "grass tree woods wood meadow pasture wetland wetlands hill hillside lawn garden yard countryside jungle savanna "
     "shore mountain".split()
 ) | frozenset(_GROUND)

@@ -309,7 +309,7 @@ def tier1_options(caption: str, current: str) -> list[str]:
 # Members of CATEGORIES that put a category in a caption without being a kind of it ("food => plate", "sport =>
 # racket" were invalid positives to reviewers), with what they are a kind of.
 NOT_KINDS = {"plate": "dishware", "ball": "equipment", "racket": "equipment", "player": "person", "street": "place", "city": "place"}
-_OUTDOORS = frozenset(PLACES) - frozenset(INDOOR)
+OUTDOORS = frozenset(PLACES) - frozenset(INDOOR)
 
 
 def grounded_tier1(tier1: str, tier2: str) -> str:
@@ -330,7 +330,7 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
              if head & (members - NOT_KINDS.keys() | set(names))]
     if any(own & named for _, named in kinds):
         return tier1
-    other = next((NOT_KINDS[w] for w in sorted(head) if w in NOT_KINDS), "place" if head & _OUTDOORS else None)
+    other = next((NOT_KINDS[w] for w in sorted(head) if w in NOT_KINDS), "place" if head & OUTDOORS else None)
     mended = kinds[0][0][0] if kinds else other or (phrase[-1] if len(found) > 1 else tier1)
     return tier1 if mended == tier2.lower().strip() else mended
 
