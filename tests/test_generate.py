@@ -302,6 +302,64 @@ def test_a_tier_that_takes_no_sample_rejects_the_row_when_no_edit_passes(run, tm
     assert reject["reason"] == "negative_no_contradiction" and reject["detail"].startswith("negative tier 3: no edit")
 
 
+def test_a_negative_candidate_the_filter_s_text_rules_reject_is_never_chosen(run, tmp_path):
+    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
+                                   "source_row": 0}], schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    overrides = {**STUDENT, "generate.negative_candidates": 2, "generate.negative_tries": 1, "generate.judge": True}
+    stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+
+    def student(sources, sample=False, **kwargs):
+        return ["horse horse", "horse"] * (len(sources) // 2) if sample else ["zebras => red zebras => red zebras here"] * len(sources)
+
+    C = TierNLI.CONTRA
+    stage.__dict__["judge"] = Judge(stage.profile, nli=TierNLI({("zebras", "horse horse"): C, ("zebras", "horse"): C}))
+    stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]  # the longer is more fluent
+    result = stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
+    # both contradict "zebras" and the echo is more fluent, but the filter would reject it (repeated word)
+    assert result.out.to_pylist()[0]["negative"][0] == "horse" and result.stats["negative_text_flawed"] >= 1
+
+
+def test_a_row_no_negative_passes_for_tries_the_next_positive_the_judge_passed(run, tmp_path):
+    caption = "Two zebras standing in a field at noon."
+    table = pa.Table.from_pylist([{"id": "z", "caption": caption, "image_url": None, "source_file": "x.csv", "source_row": 0}],
+                                 schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    first, second = "animal => zebras => zebras standing in a field", "animal => zebras => zebras standing at noon"
+    tiers = {t for text in (first, second) for t in text.split(" => ")} | {caption}
+
+    class NoFieldNegative(TierNLI):
+        """Every tier entailed; every other text contradicts the tier it was made from, but none contradicts the field."""
+
+        def predict(self, pairs):
+            self.pairs += list(pairs)
+            return np.array([self.ENTAIL if h in tiers else self.NEUTRAL if p == "zebras standing in a field" else self.CONTRA
+                             for p, h in pairs], dtype=np.float32)
+
+    def student(sources, sample=False, **kwargs):
+        if not sources[0].startswith("s2g: "):
+            return ["sampled"] * len(sources)
+        return [first] * len(sources) if not sample else [second] * len(sources)
+
+    def generate(fallbacks):
+        overrides = {**STUDENT, "generate.negative_edits": 12, "generate.judge": True, "generate.negative_sample_tiers": [1],
+                     "generate.positive_candidates": 2, "generate.positive_fallbacks": fallbacks}
+        stage = GenerateStage(load_profile("offline", overrides=overrides), run)
+        stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]  # the field first
+        stage.__dict__["judge"] = Judge(stage.profile, nli=NoFieldNegative({}))
+        return stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
+
+    rejected = generate(0)
+    assert rejected.out.num_rows == 0 and rejected.rejects.to_pylist()[0]["detail"].startswith("negative tier 3: no edit")
+    result = generate(1)
+    row = result.out.to_pylist()[0]
+    assert row["positive"] == [*second.split(" => "), caption] and result.stats["positive_fallbacks"] == 1
+    # every negative tier was made for the positive kept: tier 3 changes its time, tier 2 keeps tier 1's words
+    assert row["negative"][2] in {"zebras standing at sunset", "zebras standing at midnight"} and "zebras" not in row["negative"][1]
+
+
 def test_judged_positives_keep_a_candidate_whose_tiers_are_entailed_and_add_content(run, tmp_path):
     table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
                                    "source_row": 0}], schema=schema.CAPTIONS)

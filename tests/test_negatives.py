@@ -28,6 +28,15 @@ def test_each_tier_changes_only_what_it_adds_over_the_tier_before():
     assert edit_candidates(DOG, 1, rng()) and "dog" not in edit_candidates(DOG, 1, rng())
 
 
+def test_what_a_caption_adds_about_a_thing_s_setting_temperature_or_material_changes():
+    table = ["furniture", "table", "table with food and beer", "An outdoor table with bowls of hot soup next to a wood bridge."]
+    tier4 = edit_candidates(table, 4, rng(), limit=50)
+    assert "An indoor table with bowls of hot soup next to a wood bridge." in tier4
+    assert "An outdoor table with bowls of cold soup next to a wood bridge." in tier4
+    assert "An outdoor table with bowls of hot soup next to a metal bridge." in tier4
+    assert not any("cold dog" in c for c in edit_candidates(["food", "hot dog", "hot dog on a plate", "A hot dog on a plate."], 2, rng(), 50))
+
+
 def test_a_new_word_the_caption_already_has_is_never_used():
     # "bus" -> "car" would not contradict a picture of a bus next to a car
     positive = ["vehicle", "bus", "bus next to a car", "A yellow bus parked next to a red car."]
@@ -199,6 +208,8 @@ def test_no_edit_breaks_a_compound_of_the_tier_before_or_puts_a_thing_where_it_c
 def test_a_tier_1_that_is_a_kind_of_a_category_is_regrouped_under_it_when_tier_2_only_adds_to_it():
     assert regrouped(["bird", "birds flying", "birds flying in a gray sky"]) == ["animal", "bird", "birds flying in a gray sky"]
     assert regrouped(["oven", "oven door", "man holding an oven door"]) == ["appliance", "oven", "man holding an oven door"]
+    assert regrouped(["bread", "bread in a mouth", "man with bread in his mouth"])[:2] == ["food", "bread"]
+    assert regrouped(["bike", "bike riding", "person riding a bike on a hill"])[:2] == ["vehicle", "bike"]
     assert regrouped(["animal", "dog", "dog on a beach"]) is None  # already a category
     assert regrouped(["bird", "parrot", "parrot on a branch"]) is None  # tier 2 says another word: no refinement of it
     sea = "Birds flying over the sea."

@@ -140,6 +140,9 @@ class GenerateConfig(Section):
     negative_sample_tiers: list[Annotated[int, Field(ge=1, le=4)]] = Field(default_factory=lambda: [1, 2, 3, 4])
     # positives: the greedy hierarchy and this many - 1 samples are candidates (used with `judge`)
     positive_candidates: int = Field(1, ge=1)
+    # with `judge`: a row whose negative no candidate makes (`negative_no_contradiction`) tries the next positive the
+    # judge passed, up to this many times, all its negative tiers made anew
+    positive_fallbacks: int = Field(0, ge=0)
     # choose by the filter's judge (its checks, NLI model and thresholds): the positive whose every tier the caption
     # and the tier below entail and which adds content at every step; the negative tier that contradicts positive
     # tier i and entails tier i-1 (the student's most likely when several pass). A negative tier where none passes is

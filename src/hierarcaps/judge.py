@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from hierarcaps import schema
-from hierarcaps.checks import check_hierarchy, prompt_phrases
+from hierarcaps.checks import check_hierarchy, check_text, prompt_phrases
 from hierarcaps.config import Profile
 from hierarcaps.engines.base import CONTRADICTION, ENTAILMENT, NLI_LABELS, NLIModel, mean_log_prob
 from hierarcaps.engines.nli import load_nli, nli_model_id, score_pairs
@@ -140,6 +140,10 @@ class Judge:
 
     def structural(self, positive: list[str] | None, negative: list[str] | None, caption: str | None) -> tuple[str, str] | None:
         return check_hierarchy(positive, negative, caption, self.checks, self.phrases)
+
+    def text_flaw(self, tier: str, caption: str) -> tuple[str, str] | None:
+        """The degenerate-text rule (`checks.check_text`) one negative tier breaks, or None."""
+        return check_text([tier], "negative", caption, self.checks, self.phrases)
 
     def judge(self, rows: list[dict], stats: Stats) -> list[Verdict]:
         """A verdict per row (keys positive, negative, caption), in order: the structural checks on every row, then

@@ -25,7 +25,8 @@
   student finds most likely (mean log-probability: fluency) is kept; a tier where none passes is sampled again, and
   after the last try the candidate nearest to passing is kept (the filter then rejects the row, naming the pair). At
   a tier not in `negative_sample_tiers` a sample is never chosen: a row whose tier no edit or proposed noun passes is
-  rejected here (`negative_no_contradiction`) and its later tiers are not written. This selects by the filter's NLI,
+  rejected here (`negative_no_contradiction`) and its later tiers are not written, unless `positive_fallbacks` lets it
+  try the next positive the judge passed (every negative tier made anew for it). This selects by the filter's NLI,
   so acceptance alone no longer measures quality: issue 11 measured garbage accepted that way with a stand-in judge
   that could not tell contradiction from compatible; the judge now is `minilm-nli` (human labels), and the blind
   review (`hierarcaps review`) is the quality measure. Without the judge, the student's most likely usable sample is kept.
@@ -164,16 +165,29 @@ class GenerateStage(Stage):
 
     def _process_batch(self, rows: list[dict], stats: Stats) -> tuple[list[dict], list[dict]]:
         live, rejects = [], []
-        for row, (text, tiers) in zip(rows, self._positives(rows, stats)):
+        parsed, alternatives = self._positives(rows, stats)
+        for row, (text, tiers), others in zip(rows, parsed, alternatives):
             if tiers is None:
                 stats.reject("student_unparsable")
                 detail = f"s2g output is not 3 distinct tiers (other than the caption) joined by ' => ': {text!r}"
                 rejects.append(self._reject(row, "student_unparsable", detail, text))
                 continue
             stats.add("s2g_parsed")
-            live.append({**row, "positive": tiers + [row["caption"]], "negative": [None] * schema.TIERS, "raw_negative": [None] * schema.TIERS})
-        for tier in range(1, schema.TIERS + 1):  # a row already rejected at an earlier tier costs nothing more
-            self._sample_negative_tier([r for r in live if "_rejected_at" not in r], tier, stats)
+            live.append({**row, "positive": tiers + [row["caption"]], "negative": [None] * schema.TIERS, "raw_negative": [None] * schema.TIERS,
+                         "_alternatives": others})
+        self._negatives(live, stats)
+        for _ in range(self.cfg.positive_fallbacks):
+            again = [r for r in live if "_rejected_at" in r and r["_alternatives"]]
+            if not again:
+                break
+            stats.add("positive_fallbacks", len(again))
+            for row in again:  # the next positive the judge passed, with all its negative tiers made anew
+                for key in ("_rejected_at", "_edits", "_infill", "_margin"):
+                    row.pop(key, None)
+                row.update(positive=row["_alternatives"].pop(0) + [row["caption"]], negative=[None] * schema.TIERS,
+                           raw_negative=[None] * schema.TIERS, _fallback=True)
+            self._negatives(again, stats)
+        stats.add("positive_fallback_kept", sum(1 for r in live if r.get("_fallback") and "_rejected_at" not in r))
         out = []
         for row in live:
             if "_rejected_at" in row:
@@ -193,9 +207,14 @@ class GenerateStage(Stage):
                         "negative": row["negative"], "source": "generate", "model": self.model_label()})
         return out, rejects
 
-    def _positives(self, rows: list[dict], stats: Stats) -> list[tuple[str, list[str] | None]]:
+    def _negatives(self, rows: list[dict], stats: Stats) -> None:
+        for tier in range(1, schema.TIERS + 1):  # a row already rejected at an earlier tier costs nothing more
+            self._sample_negative_tier([r for r in rows if "_rejected_at" not in r], tier, stats)
+
+    def _positives(self, rows: list[dict], stats: Stats) -> tuple[list[tuple[str, list[str] | None]], list[list[list[str]]]]:
         """(s2g text, its three tiers or None) per row: greedy (or beam) first; rows whose text is not a hierarchy are
-        sampled again, up to `positive_tries` in all, each row and try with its own seed."""
+        sampled again, up to `positive_tries` in all, each row and try with its own seed. With the judge, also each
+        row's other positives it passed, best first (`_judge_positives`)."""
         sources = [source_text(S2G, [r["caption"]]) for r in rows]
         texts = self._generate(sources, num_beams=self.cfg.num_beams)
         parsed = [(text, positive_tiers(text, row["caption"])) for row, text in zip(rows, texts)]
@@ -209,15 +228,16 @@ class GenerateStage(Stage):
             for i, text in zip(bad, again):
                 parsed[i] = (text, positive_tiers(text, rows[i]["caption"]))
         if self.cfg.judge and self.cfg.positive_candidates > 1:
-            self._judge_positives(rows, sources, parsed, stats)
-        return parsed
+            return parsed, self._judge_positives(rows, sources, parsed, stats)
+        return parsed, [[] for _ in rows]
 
-    def _judge_positives(self, rows: list[dict], sources: list[str], parsed: list, stats: Stats) -> None:
+    def _judge_positives(self, rows: list[dict], sources: list[str], parsed: list, stats: Stats) -> list[list[list[str]]]:
         """Of each row's candidates (the greedy hierarchy and `positive_candidates` - 1 samples, each also regrouped
         under its tier 1's category: `negatives.regrouped`) that pass the judge's checks and positive-side NLI rules and
         add content at every tier, keep - among those with the most tiers an edit or proposed noun can negate
         (`infill.negatable`, with `negative_edits`) - the one the student finds most likely; a row where none
-        passes keeps the greedy one."""
+        passes keeps the greedy one. Returns each row's other passing candidates in the same order (the fallbacks
+        of `positive_fallbacks`)."""
         k = self.cfg.positive_candidates - 1
         sampled = self._generate([s for s in sources for _ in range(k)], sample=True, temperature=self.cfg.positive_temperature,
                                  top_p=self.cfg.negative_top_p,
@@ -242,17 +262,21 @@ class GenerateStage(Stage):
         for n, mine in enumerate(options):
             good = [option for option in mine if next(passed)]
             stats.add("positive_judge_passed", int(bool(good)))
-            if good and self.cfg.negative_edits:  # a positive whose tiers have no edit gets no negative (rejected)
-                counts = [negatable(tiers + [rows[n]["caption"]], slots) for _, tiers, _ in good]
-                good = [option for option, c in zip(good, counts) if c == max(counts)]
             if good:
                 ranked.append((n, good))
         pairs = [(sources[n], text) for n, good in ranked if len(good) > 1 for text, _, _ in good]
         scores = iter(self._score([s for s, _ in pairs], [t for _, t in pairs]) if pairs else [])
+        alternatives: list[list[list[str]]] = [[] for _ in rows]
         for n, good in ranked:
-            text, tiers, regroup = good[0] if len(good) == 1 else max(zip([next(scores) for _ in good], good), key=lambda x: x[0])[1]
+            fluency = [next(scores) for _ in good] if len(good) > 1 else [0.0]
+            # a positive whose tiers have no edit gets no negative (rejected): the most negatable tiers first
+            counts = [negatable(tiers + [rows[n]["caption"]], slots) for _, tiers, _ in good] if self.cfg.negative_edits else [0] * len(good)
+            order = sorted(range(len(good)), key=lambda i: (counts[i], fluency[i]), reverse=True)
+            text, tiers, regroup = good[order[0]]
             parsed[n] = (text, tiers)
+            alternatives[n] = [good[i][1] for i in order[1:]]
             stats.add("positive_regrouped", int(regroup))
+        return alternatives
 
     def _score(self, sources: list[str], targets: list[str]) -> list[float]:
         from hierarcaps.engines.seq2seq import student_score
@@ -296,6 +320,10 @@ class GenerateStage(Stage):
                     row.setdefault("_infill", {})[tier] = set(infills[id(row)])
                     usable += [e for e in infills[id(row)] if e not in usable]
                 row["raw_negative"][tier - 1] = drawn[-1]
+                if self.cfg.judge:  # a text the filter's rules reject (a worked example's "black dog") is no candidate
+                    flawed = [c for c in usable if self.judge.text_flaw(c, row["caption"])]
+                    stats.add("negative_text_flawed", len(flawed))
+                    usable = [c for c in usable if c not in flawed]
                 if usable:
                     choices.append((row, sources[n], usable))
                     continue
