@@ -37,6 +37,13 @@ def test_what_a_caption_adds_about_a_thing_s_setting_temperature_or_material_cha
     assert not any("cold dog" in c for c in edit_candidates(["food", "hot dog", "hot dog on a plate", "A hot dog on a plate."], 2, rng(), 50))
 
 
+def test_a_room_under_room_becomes_another_room():
+    dining = ["room", "the dining room", "the dining room with a couch", "A dining room with a couch and a lamp."]
+    tier2 = edit_candidates(dining, 2, rng(), limit=50)
+    assert {"the living room", "the bedroom", "the kitchen"} <= set(tier2) and "the dining room" not in tier2
+    assert not edit_candidates(["living space", "living room", "living room with a couch", "A living room with a couch."], 2, rng())
+
+
 def test_a_new_word_the_caption_already_has_is_never_used():
     # "bus" -> "car" would not contradict a picture of a bus next to a car
     positive = ["vehicle", "bus", "bus next to a car", "A yellow bus parked next to a red car."]
@@ -145,6 +152,8 @@ def test_a_language_model_fills_only_nouns_that_locate_or_a_one_noun_tier_2():
     assert infill_slots(["cook", "stove", "woman cooking on a stove", "A woman cooking on a stove."], 2) == []
     bench = ["furniture", "bench", "man on a bench", "A man on a bench."]
     assert infill_edits(bench, 2, 0, 5, ["coffee", "chair", "table", "tables"], limit=5) == ["chair", "table"]
+    # a member of the category that the lexicon lacks is a noun too
+    assert infill_slots(["appliance", "fridge", "fridge in a kitchen", "A kitchen with a fridge."], 2) == [(0, 6)]
     # a tier 2 that makes tier 1 a kind with a noun ("toilet bowl") has that noun filled; not an adjective or participle,
     # nor under a category ("farm animal": a category's kinds are its members)
     bowl = ["bowl", "toilet bowl", "a toilet bowl in a bathroom", "A white toilet bowl in a bathroom."]

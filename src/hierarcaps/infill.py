@@ -69,7 +69,8 @@ def infill_slots(positive: list[str], tier: int) -> list[tuple[int, int]]:
     if tier == 2 and own == 1:
         m = found[-1]
         named = CATEGORY_NAMES.get(positive[0].lower().strip())  # "Kinds of cook: stove," has no answer
-        return [] if named is None or kept(m.group(0), keep) or "NOUN" not in parts_of_speech(m.group(0)) else [(m.start(), m.end())]
+        noun = "NOUN" in parts_of_speech(m.group(0)) or named is not None and lemmas(m.group(0)) & CATEGORIES[named][1]  # "fridge"
+        return [] if named is None or kept(m.group(0), keep) or not noun else [(m.start(), m.end())]
     if tier == 2 and own == 2 and found[-1].group(0) == positive[0].lower().strip() and positive[0].lower().strip() not in CATEGORY_NAMES:
         m = found[-2]  # the noun that makes tier 1 a kind: "toilet" of "bowl" => "toilet bowl" -> "salad bowl"
         pos = parts_of_speech(m.group(0))

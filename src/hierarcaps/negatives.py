@@ -422,12 +422,29 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
         others = [w for w in VOCAB[old] if not lemmas(w) & taken]
         if others:
             by_span.append(edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(1)))
+    if tier == 2:
+        rooms = _other_rooms(positive[0], text, taken)
+        by_span.append([rooms[i] for i in rng.permutation(len(rooms))])
     if tier > 1:
         by_span += [[e] for e in _without_edits(text, keep) + _but_no_edits(text, keep)]
     out: list[str] = []
     for depth in range(max((len(s) for s in by_span), default=0)):
         out += [s[depth] for s in by_span if depth < len(s)]
     return list(dict.fromkeys(out))[:limit]
+
+
+# Rooms: under tier 1 "room", a tier 2 that is a room ("living room") keeps tier 1's word only by name, and any other
+# room is one too ("bedroom").
+ROOMS = ("kitchen", "bathroom", "bedroom", "living room", "dining room", "office", "classroom")
+_ROOM = re.compile(r"(?:(?:a|an|the)\s+)?(%s)" % "|".join(ROOMS), re.IGNORECASE)
+
+
+def _other_rooms(tier1: str, tier2: str, taken: set[str]) -> list[str]:
+    m = _ROOM.fullmatch(tier2.strip())
+    if CATEGORY_NAMES.get(tier1.lower().strip()) != "room" or m is None:
+        return []
+    rooms = [r for r in ROOMS if r != m.group(1).lower() and not lemmas(r) - {"room"} & taken]
+    return edits_at(tier2.strip(), m.start(1), m.end(1), rooms, m.group(1))
 
 
 # "with" -> "without" where the "with" phrase is what tier i adds ("bathroom" => "bathroom with a mirror" -> "bathroom
