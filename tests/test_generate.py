@@ -327,8 +327,10 @@ def test_a_row_no_negative_passes_for_tries_the_next_positive_the_judge_passed(r
                                  schema=schema.CAPTIONS)
     path = tmp_path / "captions.parquet"
     shards.write_table(table, path)
-    first, second = "animal => zebras => zebras standing in a field", "animal => zebras => zebras standing at noon"
-    tiers = {t for text in (first, second) for t in text.split(" => ")} | {caption}
+    # the student likes the wild animal best; the plain animal fails as it does (the same tiers 2 and 3): never tried
+    first, same, second = ("wild animal => zebras => zebras standing in a field", "animal => zebras => zebras standing in a field",
+                           "animal => zebras => zebras standing at noon")
+    tiers = {t for text in (first, same, second) for t in text.split(" => ")} | {caption}
 
     class NoFieldNegative(TierNLI):
         """Every tier entailed; every other text contradicts the tier it was made from, but none contradicts the field."""
@@ -341,13 +343,13 @@ def test_a_row_no_negative_passes_for_tries_the_next_positive_the_judge_passed(r
     def student(sources, sample=False, **kwargs):
         if not sources[0].startswith("s2g: "):
             return ["sampled"] * len(sources)
-        return [first] * len(sources) if not sample else [second] * len(sources)
+        return [first] * len(sources) if not sample else [same, second] * (len(sources) // 2)
 
     def generate(fallbacks):
         overrides = {**STUDENT, "generate.negative_edits": 12, "generate.judge": True, "generate.negative_sample_tiers": [1],
-                     "generate.positive_candidates": 2, "generate.positive_fallbacks": fallbacks}
+                     "generate.positive_candidates": 3, "generate.positive_fallbacks": fallbacks}
         stage = GenerateStage(load_profile("offline", overrides=overrides), run)
-        stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]  # the field first
+        stage._generate, stage._score = student, lambda sources, targets: [float(len(t)) for t in targets]  # the longest first
         stage.__dict__["judge"] = Judge(stage.profile, nli=NoFieldNegative({}))
         return stage.process(ShardTask("generate", 0, (str(path),), 0, 1))
 

@@ -17,8 +17,8 @@ import re
 import numpy as np
 
 from hierarcaps import checks
-from hierarcaps.negatives import (ARTICLES, CATEGORIES, CATEGORY_NAMES, INDOOR, OUTDOORS, PLACES, WORD, edit_candidates, edits_at, fits,
-                                  kept, lemmas, parts_of_speech)
+from hierarcaps.negatives import CATEGORIES, CATEGORY_NAMES, WORD, edit_candidates, edits_at, kept, lemmas, parts_of_speech
+from hierarcaps.places import ARTICLES, INDOOR, OUTDOORS, PLACES, fits
 
 # Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
 # word can only be one thing: the noun that locates the subject ("in the air" -> "in the water"), a tier 2 that is

@@ -26,6 +26,7 @@ import re
 import numpy as np
 
 from hierarcaps import checks, edits
+from hierarcaps.places import ARTICLES, INDOOR, NEW_PLACES, OUTDOORS, PLACE_COMPOUND, PLACE_RE, PLACES, ROOM, ROOMS, new_places
 
 # Exclusive groups, each a tuple of surface forms; a form is swapped for another of its own group.
 _BREAKING_NLI = (
@@ -160,50 +161,6 @@ OPPOSITES = (
     ("parked", "moving"), ("alone", "together"), ("tall", "short"), ("long", "short"), ("cooked", "raw"),
     ("male", "female"), ("back", "front"), ("hot", "cold"), ("indoor", "outdoor"),
 )  # fmt: skip
-# Places with the preposition they take: the whole phrase is swapped, so the edit reads as English. Every place may be
-# changed; only those that exclude each other are used as the new place ("on the grass" may be in a park, a street is
-# a road, a beach may be in a city).
-PLACES = {
-    "beach": "on a beach", "park": "in a park", "street": "on a street", "forest": "in a forest", "kitchen": "in a kitchen",
-    "bathroom": "in a bathroom", "bedroom": "in a bedroom", "living room": "in a living room", "office": "in an office",
-    "restaurant": "in a restaurant", "snow": "in the snow", "ocean": "in the ocean", "desert": "in a desert",
-    "airport": "at an airport", "farm": "on a farm", "zoo": "in a zoo", "classroom": "in a classroom",
-    "garage": "in a garage", "mountain": "on a mountain",
-    "field": "in a field", "grass": "on the grass", "sand": "on the sand", "water": "in the water", "road": "on a road",
-    "city": "in a city", "sky": "in the sky", "lake": "on a lake", "river": "in a river", "track": "on a track",
-    "court": "on a court", "station": "at a station", "parking lot": "in a parking lot", "market": "at a market",
-    "highway": "on a highway",
-}  # fmt: skip
-NEW_PLACES = tuple(PLACES)[: tuple(PLACES).index("field")]
-# What an edit changes a place into: an indoor place for an outdoor one ("in a field" -> "in a park" may be both; "in a
-# kitchen" may not), any other exclusive place for an indoor one (`new_places`).
-INDOOR = ("kitchen", "bathroom", "bedroom", "living room", "office", "restaurant", "classroom", "garage")
-# Outdoor places by kind, and the new places that rule each kind out: snow may lie on a field, a street or in a forest,
-# a road may cross a forest or a desert, a park or a farm may hold a field, a lake or a beach.
-OUTDOOR_KIND = {place: kind for kind, places in {
-    "shore": ("beach", "sand", "ocean", "water", "lake", "river"),
-    "town": ("street", "road", "city", "parking lot", "highway", "station", "market", "track"),
-    "snow": ("snow", "mountain"),
-    "forest": ("forest",),
-    "desert": ("desert",),
-    "green": ("field", "grass", "park", "farm", "zoo", "court"),
-}.items() for place in places}
-_EXCLUDED_BY = {"shore": ("street", "forest", "desert", "snow"), "town": ("beach", "forest", "desert"), "snow": ("beach", "desert"),
-                "forest": ("beach", "desert"), "desert": ("forest", "snow"), "green": ("beach", "street", "desert")}
-# Things that are not in a room, and things that are not outdoors: a place swap that would put one there reads as
-# nonsense to reviewers ("surfing in a restaurant", "a clock on a building in an office", "a toilet on a beach").
-OUTDOOR_THINGS = frozenset(
-    "car bus truck train plane airplane jet boat ship motorcycle tractor horse elephant giraffe zebra cow cattle sheep "
-    "bear surf surfer surfboard wave kite ski skier snowboard snowboarder skateboarder building tower skyscraper bridge "
-    "hydrant tree traffic".split()
-)  # not the places themselves: those are what a place swap changes
-INDOOR_THINGS = frozenset("toilet sink bathtub shower oven refrigerator fridge microwave stove bed couch sofa desk".split())
-_PREPOSITIONS = ("in", "on", "at", "near", "by", "inside", "along", "across", "through", "into", "onto")
-ARTICLES = ("a", "an", "the", "some")
-_PLACE_RE = re.compile(
-    r"\b(?:(?:%s)\s+)(?:(?:%s)\s+)?(%s)\b" % ("|".join(_PREPOSITIONS), "|".join(ARTICLES), "|".join(sorted(map(re.escape, PLACES), key=len, reverse=True))),
-    re.IGNORECASE,
-)
 WORD = re.compile(r"[a-z]+")
 # A sport word that names equipment or ground keeps its sport: "tennis racket" -> "basketball racket" is no thing.
 _SPORT_WORDS = frozenset(_COCO[0])
@@ -236,8 +193,7 @@ def words(text: str) -> set[str]:
 # Words that say what another says: "inside" keeps tier i-1's "in" ("in a kitchen" -> "outside a kitchen" no longer
 # entails it).
 _SAME = {"inside": "in", "atop": "on", "within": "in"}
-# A place that modifies another place is not one ("on a city street" -> "in a restaurant street").
-_PLACE_COMPOUND = re.compile(r"\s+(?:%s)\b" % "|".join(map(re.escape, PLACES)), re.IGNORECASE)
+
 
 
 def lemmas(text: str) -> set[str]:
@@ -283,21 +239,6 @@ def swappable(text: str, start: int, end: int) -> bool:
     return old in _PROPERTIES or not (_LISTED_BEFORE.search(text[:start]) or _LISTED_AFTER.match(text, end))
 
 
-def new_places(noun: str, present: set[str]) -> list[str]:
-    """What the place `noun` may change into in a text about `present` (lemmas): any other exclusive place for a room;
-    a room for an outdoor place, or, where an outdoor thing rules out every room, an outdoor place of another kind
-    ("a sailboat on the beach" -> "a sailboat in the snow")."""
-    if noun in INDOOR:
-        return [p for p in NEW_PLACES if p != noun and fits(p, present)]
-    rooms = [p for p in INDOOR if fits(p, present)]
-    return rooms or [p for p in _EXCLUDED_BY.get(OUTDOOR_KIND.get(noun), ()) if fits(p, present)]
-
-
-def fits(place: str, present: set[str]) -> bool:
-    """Whether a text about `present` (lemmas) can be in `place`: no outdoor thing in a room, no indoor one outside."""
-    return not present & (OUTDOOR_THINGS if place in INDOOR else INDOOR_THINGS if place in PLACES else frozenset())
-
-
 def tier1_options(caption: str, current: str) -> list[str]:
     """Categories a tier-1 negative may name: none the caption mentions a member of, nor the current tier 1's."""
     present = lemmas(caption) | lemmas(current)
@@ -309,7 +250,6 @@ def tier1_options(caption: str, current: str) -> list[str]:
 # Members of CATEGORIES that put a category in a caption without being a kind of it ("food => plate", "sport =>
 # racket" were invalid positives to reviewers), with what they are a kind of.
 NOT_KINDS = {"plate": "dishware", "ball": "equipment", "racket": "equipment", "player": "person", "street": "place", "city": "place"}
-OUTDOORS = frozenset(PLACES) - frozenset(INDOOR)
 
 
 def grounded_tier1(tier1: str, tier2: str) -> str:
@@ -381,7 +321,7 @@ def edits_at(text: str, start: int, end: int, alternatives, old: str) -> list[st
 
 def swap_place(text: str, rng: np.random.Generator) -> str | None:
     """One place phrase of `text` changed into another ("on a beach" -> "in a park"); None if it names none."""
-    hits = list(_PLACE_RE.finditer(text))
+    hits = list(PLACE_RE.finditer(text))
     if not hits:
         return None
     m = hits[int(rng.integers(len(hits)))]
@@ -397,9 +337,9 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
     taken = lemmas(caption) | lemmas(text)
     by_span: list[list[str]] = []
     spans: list[tuple[int, int]] = []
-    for m in _PLACE_RE.finditer(text):
+    for m in PLACE_RE.finditer(text):
         noun = m.group(1).lower()
-        if words(noun) & keep or _PLACE_COMPOUND.match(text, m.end()):
+        if words(noun) & keep or PLACE_COMPOUND.match(text, m.end()):
             continue
         others = [PLACES[p] for p in new_places(noun, taken) if not words(p) & taken]
         spans.append((m.start(), m.end()))
@@ -433,14 +373,8 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
     return list(dict.fromkeys(out))[:limit]
 
 
-# Rooms: under tier 1 "room", a tier 2 that is a room ("living room") keeps tier 1's word only by name, and any other
-# room is one too ("bedroom").
-ROOMS = ("kitchen", "bathroom", "bedroom", "living room", "dining room", "office", "classroom")
-_ROOM = re.compile(r"(?:(?:a|an|the)\s+)?(%s)" % "|".join(ROOMS), re.IGNORECASE)
-
-
 def _other_rooms(tier1: str, tier2: str, taken: set[str]) -> list[str]:
-    m = _ROOM.fullmatch(tier2.strip())
+    m = ROOM.fullmatch(tier2.strip())
     if CATEGORY_NAMES.get(tier1.lower().strip()) != "room" or m is None:
         return []
     rooms = [r for r in ROOMS if r != m.group(1).lower() and not lemmas(r) - {"room"} & taken]

@@ -84,6 +84,14 @@ def first_tier(text: str) -> str:
     return schema.split_tiers(text)[0]
 
 
+def _other_positives(row: dict) -> list[list[str]]:
+    """The row's next positives, less those that would fail as its last did: the same tier it failed at and the same
+    tier before it give the same edits and proposed nouns, so the same verdicts."""
+    tier = row["_rejected_at"]
+    key = lambda tiers: [normalize(t) for t in tiers[max(tier - 2, 0) : tier]]  # noqa: E731
+    return [tiers for tiers in row["_alternatives"] if key(tiers + [row["caption"]]) != key(row["positive"])]
+
+
 def row_seed(seed: int, row_id: str, tier: int, attempt: int) -> int:
     return int(hashlib.sha256(f"{seed}:{row_id}:{tier}:{attempt}".encode()).hexdigest()[:8], 16)
 
@@ -177,6 +185,9 @@ class GenerateStage(Stage):
                          "_alternatives": others})
         self._negatives(live, stats)
         for _ in range(self.cfg.positive_fallbacks):
+            for row in live:
+                if "_rejected_at" in row:
+                    row["_alternatives"] = _other_positives(row)
             again = [r for r in live if "_rejected_at" in r and r["_alternatives"]]
             if not again:
                 break
