@@ -37,6 +37,15 @@ def test_what_a_caption_adds_about_a_thing_s_setting_temperature_or_material_cha
     assert not any("cold dog" in c for c in edit_candidates(["food", "hot dog", "hot dog on a plate", "A hot dog on a plate."], 2, rng(), 50))
 
 
+def test_only_beings_are_young_and_no_day_is_a_sunny_night():
+    picture = ["photo", "old picture", "old picture of a player", "An old picture of a baseball player on a sunny day."]
+    tier2 = edit_candidates(picture, 2, rng(), limit=50)
+    assert "new picture" in tier2 and "young picture" not in tier2
+    assert not any("sunny night" in c for c in edit_candidates(picture, 4, rng(), limit=50))
+    boy = ["person", "boy", "young boy", "A young boy with a spoon."]
+    assert "old boy" in edit_candidates(boy, 3, rng(), limit=50) and "new boy" not in edit_candidates(boy, 3, rng(), limit=50)
+
+
 def test_a_room_under_room_becomes_another_room():
     dining = ["room", "the dining room", "the dining room with a couch", "A dining room with a couch and a lamp."]
     tier2 = edit_candidates(dining, 2, rng(), limit=50)

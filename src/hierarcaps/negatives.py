@@ -359,7 +359,7 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
             continue
         if not swappable(text, m.start(), m.end()):
             continue
-        others = [w for w in VOCAB[old] if not lemmas(w) & taken]
+        others = [w for w in VOCAB[old] if not lemmas(w) & taken and _reads(text, m.start(), m.end(), w)]
         if others:
             by_span.append(edits_at(text, m.start(), m.end(), [others[i] for i in rng.permutation(len(others))], m.group(1)))
     if tier == 2:
@@ -379,6 +379,15 @@ def _other_rooms(tier1: str, tier2: str, taken: set[str]) -> list[str]:
         return []
     rooms = [r for r in ROOMS if r != m.group(1).lower() and not lemmas(r) - {"room"} & taken]
     return edits_at(tier2.strip(), m.start(1), m.end(1), rooms, m.group(1))
+
+
+def _reads(text: str, start: int, end: int, new: str) -> bool:
+    """Whether `new` reads as English in the place of text[start:end]: only beings are young ("a young picture" for "an
+    old picture" is nonsense to reviewers, "a new picture" is not), and no day is a sunny night."""
+    after, before = _NEXT_WORD.match(text, end), _LAST_WORD.search(text[:start])
+    if new == "young" or text[start:end].lower() == "young":
+        return bool(after) and after.group(1).lower() in ANIMATE and new != "new"
+    return not (new == "night" and before and before.group(1).lower() == "sunny")
 
 
 # "with" -> "without" where the "with" phrase is what tier i adds ("bathroom" => "bathroom with a mirror" -> "bathroom
