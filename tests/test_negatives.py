@@ -37,6 +37,13 @@ def test_what_a_caption_adds_about_a_thing_s_setting_temperature_or_material_cha
     assert not any("cold dog" in c for c in edit_candidates(["food", "hot dog", "hot dog on a plate", "A hot dog on a plate."], 2, rng(), 50))
 
 
+def test_a_place_that_names_a_thing_s_kind_is_not_moved():
+    bench = ["furniture", "bench", "man sitting on a bench", "An image of a man sitting on a park bench."]
+    assert not any("office bench" in c or "kitchen bench" in c for c in edit_candidates(bench, 4, rng(), limit=50))
+    assert "A man sitting in a park in the rain." not in edit_candidates(bench[:3] + ["A man sitting in a park in the rain."], 4, rng())
+    assert any(c.startswith("A man sitting in a ") for c in edit_candidates(bench[:3] + ["A man sitting in a park in the rain."], 4, rng(), 50))
+
+
 def test_only_beings_are_young_and_no_day_is_a_sunny_night():
     picture = ["photo", "old picture", "old picture of a player", "An old picture of a baseball player on a sunny day."]
     tier2 = edit_candidates(picture, 2, rng(), limit=50)

@@ -339,7 +339,8 @@ def edit_candidates(positive: list[str], tier: int, rng: np.random.Generator, li
     spans: list[tuple[int, int]] = []
     for m in PLACE_RE.finditer(text):
         noun = m.group(1).lower()
-        if words(noun) & keep or PLACE_COMPOUND.match(text, m.end()):
+        after = _NEXT_WORD.match(text, m.end())  # "on a park bench" names a bench, not a park
+        if words(noun) & keep or PLACE_COMPOUND.match(text, m.end()) or _noun(after and after.group(1).lower()):
             continue
         others = [PLACES[p] for p in new_places(noun, taken) if not words(p) & taken]
         spans.append((m.start(), m.end()))
