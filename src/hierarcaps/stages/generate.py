@@ -273,15 +273,18 @@ class GenerateStage(Stage):
         for n, mine in enumerate(options):
             good = [option for option in mine if next(passed)]
             stats.add("positive_judge_passed", int(bool(good)))
-            if good:
-                ranked.append((n, good))
-        pairs = [(sources[n], text) for n, good in ranked if len(good) > 1 for text, _, _ in good]
-        scores = iter(self._score([s for s, _ in pairs], [t for _, t in pairs]) if pairs else [])
-        alternatives: list[list[list[str]]] = [[] for _ in rows]
-        for n, good in ranked:
-            fluency = [next(scores) for _ in good] if len(good) > 1 else [0.0]
+            if not good:
+                continue
             # a positive whose tiers have no edit gets no negative (rejected): the most negatable tiers first
             counts = [negatable(tiers + [rows[n]["caption"]], slots) for _, tiers, _ in good] if self.cfg.negative_edits else [0] * len(good)
+            if not self.cfg.positive_fallbacks:  # the less negatable would never be used: not scored
+                good, counts = [o for o, c in zip(good, counts) if c == max(counts)], [max(counts)] * counts.count(max(counts))
+            ranked.append((n, good, counts))
+        pairs = [(sources[n], text) for n, good, _ in ranked if len(good) > 1 for text, _, _ in good]
+        scores = iter(self._score([s for s, _ in pairs], [t for _, t in pairs]) if pairs else [])
+        alternatives: list[list[list[str]]] = [[] for _ in rows]
+        for n, good, counts in ranked:
+            fluency = [next(scores) for _ in good] if len(good) > 1 else [0.0]
             order = sorted(range(len(good)), key=lambda i: (counts[i], fluency[i]), reverse=True)
             text, tiers, regroup = good[order[0]]
             parsed[n] = (text, tiers)
