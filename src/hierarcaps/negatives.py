@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from hierarcaps import checks, edits
+from hierarcaps import checks, edits, lexicon
 from hierarcaps.places import ARTICLES, INDOOR, NEW_PLACES, OUTDOORS, PLACE_COMPOUND, PLACE_RE, PLACES, ROOM, ROOMS, new_places
 
 # Exclusive groups, each a tuple of surface forms; a form is swapped for another of its own group.
@@ -257,8 +257,9 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
     hydrant", "sport => horse", "board => snowboarder"). Kept: a tier 1 that shares a word with tier 2, ends its head
     noun ("room" of "bathroom"), or names a category (or a member word of one: "fruit") that tier 2's head noun belongs
     to. Else the head noun's category ("horse" -> "animal"), what a NOT_KINDS word is ("plate" -> "dishware"), "place"
-    for an outdoor place ("water => beach"), else the head noun itself when tier 2 says more ("fire hydrant" ->
-    "hydrant"); a one-word tier 2 of no known category keeps its tier 1."""
+    for an outdoor place ("water => beach"), the category WordNet gives a head noun that a named category's tier 1 is
+    wrong about ("mechanical appliance => cup" -> "container": `_wordnet_category`), else the head noun itself when
+    tier 2 says more ("fire hydrant" -> "hydrant"); a one-word tier 2 of no known category keeps its tier 1."""
     found = WORD.findall(tier2.lower())
     end = next((i for i, w in enumerate(found) if i and w in checks.FUNCTION_WORDS), len(found))
     phrase = [w for w in found[:end] if w not in checks.FUNCTION_WORDS]
@@ -271,6 +272,8 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
     if any(own & named for _, named in kinds):
         return tier1
     other = next((NOT_KINDS[w] for w in sorted(head) if w in NOT_KINDS), "place" if head & OUTDOORS else None)
+    if not kinds and other is None:
+        other = _wordnet_category(tier1, phrase[-1])
     mended = kinds[0][0][0] if kinds else other or (phrase[-1] if len(found) > 1 else tier1)
     return tier1 if mended == tier2.lower().strip() else mended
 
@@ -279,6 +282,19 @@ def grounded_tier1(tier1: str, tier2: str) -> str:
 # "bread => bread in a mouth" -> "food => bread", "bike => bike riding" -> "vehicle => bike".
 _KINDS_OF = {word: "food" for word in CATEGORIES["food"][1] - set(CATEGORIES["food"][0]) - NOT_KINDS.keys() - {"meal"}} | {
     word: "vehicle" for word in ("bike", "boat", "plane", "jet")}
+
+
+def _wordnet_category(tier1: str, head: str) -> str | None:
+    """For a head noun the tables above do not know: when tier 1 names a kind of CATEGORIES ("transportation system",
+    "mechanical appliance") that no sense of the head is, by WordNet, the category the head's common senses agree on
+    ("fence" -> "structure", "cup" -> "container"); None where tier 1 names no such kind, WordNet lacks the head, one
+    of its senses is of that kind ("device => mouse"), or its senses disagree ("bat")."""
+    last = WORD.findall(tier1.lower())[-1:]
+    kind = CATEGORY_NAMES.get(tier1.lower().strip()) or (CATEGORY_NAMES.get(last[0]) if last else None)
+    known = lexicon.hypernyms(head)
+    if kind is None or known is None or known & {kind, *CATEGORIES[kind][0]}:
+        return None
+    return lexicon.category(head)
 
 
 def regrouped(tiers: list[str]) -> list[str] | None:
