@@ -36,7 +36,7 @@ def test_the_table_is_the_one_its_card_describes():
     assert card["sha256"] == hashlib.sha256(lexicon.ARTIFACT.read_bytes()).hexdigest()
     with gzip.open(lexicon.ARTIFACT, "rt") as f:
         nouns = json.load(f)["nouns"]
-    assert len(nouns) == card["nouns"] and "wordnet-base" in card["reproduce"]
+    assert len(nouns) == card["nouns"] and "wordnet-base" in card["reproduce"] and "Princeton University" in card["notice"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nltk") is None or not (WORDNET / "data.noun").exists(),

@@ -111,6 +111,7 @@ def build(wordnet_dir: Path, out: Path = ARTIFACT, min_zipf: float = 3.0, only: 
         "name": "wordnet-nouns",
         "source": "WordNet 3.0 (Princeton University), as Debian's wordnet-base package installs it",
         "licence": "WordNet 3.0 license (Princeton University): use, copy, modify and distribute with the copyright notice",
+        "notice": _notice(Path(wordnet_dir) / "data.noun"),
         "files": {f: hashlib.sha256((Path(wordnet_dir) / f).read_bytes()).hexdigest() for f in ("data.noun", "index.noun", "cntlist.rev")},
         "nltk": nltk.__version__,
         "min_zipf": min_zipf,
@@ -121,6 +122,18 @@ def build(wordnet_dir: Path, out: Path = ARTIFACT, min_zipf: float = 3.0, only: 
     }
     out.with_name("card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def _notice(data_file: Path) -> str:
+    """The licence and copyright notice WordNet's data files open with (lines "  1 ...", "  2 ..."), which its licence
+    asks every copy to carry."""
+    lines = []
+    with open(data_file, encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("  "):
+                break
+            lines.append(line[2:].split(" ", 1)[1].rstrip() if " " in line[2:] else "")
+    return "\n".join(lines).strip()
 
 
 if __name__ == "__main__":
