@@ -59,6 +59,15 @@ def run(tmp_path_factory) -> Path:
     return run
 
 
+def one_caption(tmp_path: Path, caption: str) -> Path:
+    """A captions shard of one row (id "z"), as the input stage writes it."""
+    table = pa.Table.from_pylist([{"id": "z", "caption": caption, "image_url": None, "source_file": "x.csv", "source_row": 0}],
+                                 schema=schema.CAPTIONS)
+    path = tmp_path / "captions.parquet"
+    shards.write_table(table, path)
+    return path
+
+
 def test_parse_general_tiers_accepts_exactly_three_non_empty_tiers():
     assert parse_general_tiers("dog => brown dog => brown dog on a beach") == ["dog", "brown dog", "brown dog on a beach"]
     assert parse_general_tiers(" dog=>brown dog =>  a dog ") == ["dog", "brown dog", "a dog"]
@@ -169,10 +178,7 @@ def test_negatives_resample_copies_and_bad_rows_are_rejected_with_raw_text(run, 
 
 
 def test_negative_candidates_keep_the_usable_sample_the_student_finds_most_likely(run, tmp_path):
-    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
-                                   "source_row": 0}], schema=schema.CAPTIONS)
-    path = tmp_path / "captions.parquet"
-    shards.write_table(table, path)
+    path = one_caption(tmp_path, "Zebras standing in a field.")
     stage = GenerateStage(load_profile("offline", overrides={**STUDENT, "generate.negative_candidates": 3, "generate.negative_tries": 1}), run)
     scored = []
 
@@ -210,10 +216,7 @@ class TierNLI:
 
 
 def test_judged_negatives_keep_the_fluent_candidate_that_contradicts_and_entails_the_tier_before(run, tmp_path):
-    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
-                                   "source_row": 0}], schema=schema.CAPTIONS)
-    path = tmp_path / "captions.parquet"
-    shards.write_table(table, path)
+    path = one_caption(tmp_path, "Zebras standing in a field.")
     overrides = {**STUDENT, "generate.negative_candidates": 2, "generate.negative_tries": 2, "generate.negative_edits": 50,
                  "generate.judge": True}
     stage = GenerateStage(load_profile("offline", overrides=overrides), run)
@@ -251,10 +254,7 @@ def test_a_place_the_student_proposes_fills_a_tier_no_edit_covers_and_beats_a_sa
 
     from hierarcaps.engines import student_lm
 
-    table = pa.Table.from_pylist([{"id": "z", "caption": "Two zebras standing in a pen at noon.", "image_url": None, "source_file": "x.csv",
-                                   "source_row": 0}], schema=schema.CAPTIONS)
-    path = tmp_path / "captions.parquet"
-    shards.write_table(table, path)
+    path = one_caption(tmp_path, "Two zebras standing in a pen at noon.")
     overrides = {**STUDENT, "generate.negative_tries": 1, "generate.negative_infill": 3, "generate.judge": True}
     stage = GenerateStage(load_profile("offline", overrides=overrides), run)
     prompts = []
@@ -281,10 +281,7 @@ def test_a_place_the_student_proposes_fills_a_tier_no_edit_covers_and_beats_a_sa
 
 
 def test_a_tier_that_takes_no_sample_rejects_the_row_when_no_edit_passes(run, tmp_path):
-    table = pa.Table.from_pylist([{"id": "z", "caption": "Two zebras standing in a field at noon.", "image_url": None,
-                                   "source_file": "x.csv", "source_row": 0}], schema=schema.CAPTIONS)
-    path = tmp_path / "captions.parquet"
-    shards.write_table(table, path)
+    path = one_caption(tmp_path, "Two zebras standing in a field at noon.")
     overrides = {**STUDENT, "generate.negative_edits": 12, "generate.judge": True, "generate.negative_sample_tiers": [1, 2, 4]}
     stage = GenerateStage(load_profile("offline", overrides=overrides), run)
     calls = []
@@ -303,10 +300,7 @@ def test_a_tier_that_takes_no_sample_rejects_the_row_when_no_edit_passes(run, tm
 
 
 def test_a_negative_candidate_the_filter_s_text_rules_reject_is_never_chosen(run, tmp_path):
-    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
-                                   "source_row": 0}], schema=schema.CAPTIONS)
-    path = tmp_path / "captions.parquet"
-    shards.write_table(table, path)
+    path = one_caption(tmp_path, "Zebras standing in a field.")
     overrides = {**STUDENT, "generate.negative_candidates": 2, "generate.negative_tries": 1, "generate.judge": True}
     stage = GenerateStage(load_profile("offline", overrides=overrides), run)
 
@@ -323,10 +317,7 @@ def test_a_negative_candidate_the_filter_s_text_rules_reject_is_never_chosen(run
 
 def test_a_row_no_negative_passes_for_tries_the_next_positive_the_judge_passed(run, tmp_path):
     caption = "Two zebras standing in a field at noon."
-    table = pa.Table.from_pylist([{"id": "z", "caption": caption, "image_url": None, "source_file": "x.csv", "source_row": 0}],
-                                 schema=schema.CAPTIONS)
-    path = tmp_path / "captions.parquet"
-    shards.write_table(table, path)
+    path = one_caption(tmp_path, caption)
     # the student likes the wild animal best; the plain animal fails as it does (the same tiers 2 and 3): never tried
     first, same, second = ("wild animal => zebras => zebras standing in a field", "animal => zebras => zebras standing in a field",
                            "animal => zebras => zebras standing at noon")
@@ -363,10 +354,7 @@ def test_a_row_no_negative_passes_for_tries_the_next_positive_the_judge_passed(r
 
 
 def test_judged_positives_keep_a_candidate_whose_tiers_are_entailed_and_add_content(run, tmp_path):
-    table = pa.Table.from_pylist([{"id": "z", "caption": "Zebras standing in a field.", "image_url": None, "source_file": "x.csv",
-                                   "source_row": 0}], schema=schema.CAPTIONS)
-    path = tmp_path / "captions.parquet"
-    shards.write_table(table, path)
+    path = one_caption(tmp_path, "Zebras standing in a field.")
     overrides = {**STUDENT, "generate.positive_candidates": 3, "generate.judge": True, "generate.negative_tries": 1}
 
     def student(sources, sample=False, seed=None, **kwargs):
