@@ -21,3 +21,13 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! { command -v chromium >/dev/nu
     echo "setup: chromium + chromium-driver missing (need root and apt-get); tests/test_view.py's browser tests will skip" >&2
   fi
 fi
+# tests/test_lexicon.py remakes part of the shipped WordNet table from Debian's WordNet files (nltk reads them; it is in
+# the `test` extra). Same rule: installed when missing and we are root with apt, else that one test skips.
+if [ ! -f /usr/share/wordnet/index.sense ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base wordnet-sense-index; } \
+      >/dev/null 2>&1 || echo "setup: could not install wordnet-base + wordnet-sense-index; the lexicon remake test will skip" >&2
+  else
+    echo "setup: Debian's WordNet missing (need root and apt-get); the lexicon remake test will skip" >&2
+  fi
+fi
