@@ -37,6 +37,13 @@ def test_what_a_caption_adds_about_a_thing_s_setting_temperature_or_material_cha
     assert not any("cold dog" in c for c in edit_candidates(["food", "hot dog", "hot dog on a plate", "A hot dog on a plate."], 2, rng(), 50))
 
 
+def test_what_a_with_phrase_names_ends_at_a_participle():
+    bread = ["food", "bread", "person with a piece of bread sticking out of his mouth", "A man with flat bread sticking out of his mouth."]
+    assert not any("without" in c for c in edit_candidates(bread, 3, rng(), limit=50))  # tier 2 names the bread
+    dog = ["animal", "dog", "dog with a ball lying on the grass", "A dog with a ball lying on the grass."]
+    assert "dog without a ball lying on the grass" in edit_candidates(dog, 3, rng(), limit=50)
+
+
 def test_a_place_that_names_a_thing_s_kind_is_not_moved():
     bench = ["furniture", "bench", "man sitting on a bench", "An image of a man sitting on a park bench."]
     assert not any("office bench" in c or "kitchen bench" in c for c in edit_candidates(bench, 4, rng(), limit=50))
@@ -168,6 +175,9 @@ def test_a_language_model_fills_only_nouns_that_locate_or_a_one_noun_tier_2():
     assert infill_slots(["cook", "stove", "woman cooking on a stove", "A woman cooking on a stove."], 2) == []
     bench = ["furniture", "bench", "man on a bench", "A man on a bench."]
     assert infill_edits(bench, 2, 0, 5, ["coffee", "chair", "table", "tables"], limit=5) == ["chair", "table"]
+    # a sibling of tier 1 makes no kind of it: "cup bowl" is no bowl
+    bowl = ["bowl", "toilet bowl", "a toilet bowl in a bathroom", "A white toilet bowl in a bathroom."]
+    assert infill_edits(bowl, 2, 0, 6, ["cup", "salad"], limit=5) == ["salad bowl"]
     # a member of the category that the lexicon lacks is a noun too
     assert infill_slots(["appliance", "fridge", "fridge in a kitchen", "A kitchen with a fridge."], 2) == [(0, 6)]
     # a tier 2 that makes tier 1 a kind with a noun ("toilet bowl") has that noun filled; not an adjective or participle,

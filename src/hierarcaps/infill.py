@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from hierarcaps import checks
-from hierarcaps.negatives import CATEGORIES, CATEGORY_NAMES, WORD, edit_candidates, edits_at, kept, lemmas, parts_of_speech
+from hierarcaps.negatives import CATEGORIES, CATEGORY_NAMES, VOCAB, WORD, edit_candidates, edits_at, kept, lemmas, parts_of_speech
 from hierarcaps.places import ARTICLES, INDOOR, OUTDOORS, PLACES, fits
 
 # Slots a language model may fill (issue #18: the tier slots no word group above covers, half at tiers 2-4), where one
@@ -113,6 +113,8 @@ def infill_edits(positive: list[str], tier: int, start: int, end: int, proposals
     for new in dict.fromkeys(w.lower() for w in proposals):
         # a kind of tier 1 must be one of its known members: "Kinds of furniture: bench, coffee" meant "coffee table"
         if kind is not None and not lemmas(new) & CATEGORIES[kind][1]:
+            continue
+        if new in VOCAB.get(positive[tier - 2].lower().strip(), ()):  # a sibling of tier 1 names no kind of it: "cup bowl"
             continue
         if new in checks.FUNCTION_WORDS or new in _GENERIC or new not in known or lemmas(new) & taken:
             continue

@@ -414,7 +414,8 @@ def _reads(text: str, start: int, end: int, new: str) -> bool:
 _COUNTS = ("two", "three", "four", "several", "many")
 _WITH = re.compile(r"\bwith\s+(?!(?:no|nothing|none|without|some|lots|%s)\b)" % "|".join(_COUNTS), re.IGNORECASE)
 _WITH_MANY = re.compile(r"\bwith\s+((?:several|many|some|lots\s+of)\s+)", re.IGNORECASE)
-_PHRASE_END = re.compile(r"\s*(?:,|\.|$|\b(?:and|in|on|at|near|by|under|over|while|that|which|who)\b)", re.IGNORECASE)
+# A participle ends the phrase too: "with a piece of bread sticking out of his mouth" names the bread, not the mouth.
+_PHRASE_END = re.compile(r"\s*(?:,|\.|$|\b(?:and|in|on|at|near|by|under|over|while|that|which|who)\b|\b[a-z]{3,}ing\b)", re.IGNORECASE)
 
 
 def _without_edits(text: str, keep: set[str]) -> list[str]:
