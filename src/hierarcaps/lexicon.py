@@ -20,9 +20,9 @@ from functools import cache
 from pathlib import Path
 
 ARTIFACT = Path(__file__).parent / "lexicon" / "wordnet-nouns.json.gz"
-# Categories a tier 1 may be mended to, most specific kind first; the one a noun gets is the first of its hypernyms
-# (nearest first) that is here.
-CATEGORIES = (
+# Categories a tier 1 may be mended to (not `negatives.CATEGORIES`, the hand-made ones this table comes after); the one a
+# noun gets is the first of its hypernyms (nearest first) that is here.
+KINDS = (
     "animal", "food", "vehicle", "furniture", "plant", "person", "appliance", "device", "container", "tableware",
     "clothing", "equipment", "tool", "instrument", "toy", "building", "structure",
 )  # fmt: skip
@@ -62,7 +62,7 @@ def hypernyms(noun: str) -> frozenset[str] | None:
 
 
 def category(noun: str) -> str | None:
-    """The one category (`CATEGORIES`) the noun's common senses are kinds of, or None (unknown, or they disagree)."""
+    """The one category (`KINDS`) the noun's common senses are kinds of, or None (unknown, or they disagree)."""
     entry = _entry(noun)
     return None if entry is None else entry[1]
 
@@ -98,7 +98,7 @@ def build(wordnet_dir: Path, out: Path = ARTIFACT, min_zipf: float = 3.0, only: 
                 chain = list(sense.closure(lambda s: s.hypernyms() + s.instance_hypernyms()))
                 found = [lemma.name().replace("_", " ").lower() for s in chain for lemma in s.lemmas()]
                 names.update(n for n in found if all(w in common for w in n.split()))
-                kind = next((n for n in found if n in CATEGORIES), None)
+                kind = next((n for n in found if n in KINDS), None)
                 if kind and (count >= _RARE * max(counts) or max(counts) < _MIN_COUNT):
                     kinds.append(kind)
             agreed = kinds[0] if kinds and len(set(kinds)) == 1 else None

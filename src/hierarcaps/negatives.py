@@ -195,7 +195,6 @@ def words(text: str) -> set[str]:
 _SAME = {"inside": "in", "atop": "on", "within": "in"}
 
 
-
 def lemmas(text: str) -> set[str]:
     """words() plus every lemma of each word ("sits", "sitting" -> "sit"; "women" -> "woman"), so a word of tier i-1
     is kept, and a word of the caption is not brought in, in any inflection."""
@@ -403,7 +402,7 @@ def _reads(text: str, start: int, end: int, new: str) -> bool:
     old picture" is nonsense to reviewers, "a new picture" is not), and no day is a sunny night."""
     after, before = _NEXT_WORD.match(text, end), _LAST_WORD.search(text[:start])
     if new == "young" or text[start:end].lower() == "young":
-        return bool(after) and after.group(1).lower() in ANIMATE and new != "new"
+        return bool(after) and after.group(1).lower() in ANIMATE
     return not (new == "night" and before and before.group(1).lower() == "sunny")
 
 

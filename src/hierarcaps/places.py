@@ -36,7 +36,7 @@ OUTDOOR_KIND = {place: kind for kind, places in {
     "green": ("field", "grass", "park", "farm", "zoo", "court"),
 }.items() for place in places}
 EXCLUDED_BY = {"shore": ("street", "forest", "desert", "snow"), "town": ("beach", "forest", "desert"), "snow": ("beach", "desert"),
-                "forest": ("beach", "desert"), "desert": ("forest", "snow"), "green": ("beach", "street", "desert")}
+               "forest": ("beach", "desert"), "desert": ("forest", "snow"), "green": ("beach", "street", "desert")}
 # Things that are not in a room, and things that are not outdoors: a place swap that would put one there reads as
 # nonsense to reviewers ("surfing in a restaurant", "a clock on a building in an office", "a toilet on a beach").
 OUTDOOR_THINGS = frozenset(
